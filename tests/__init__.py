@@ -1,0 +1,1 @@
+"""Test suite of mailtrap-webhook-operator."""

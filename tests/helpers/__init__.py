@@ -1,0 +1,1 @@
+"""Helpers shared by tests, benchmarks and hack/dev.py: real processes and a real local cluster."""
