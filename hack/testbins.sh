@@ -32,12 +32,25 @@ fetch() { # url dest: a quiet download that gives up quickly when offline
   curl -fsSL --connect-timeout 10 --retry 2 -o "$2" "$1"
 }
 
+skew_ok() { # name path -> 0 unless a Kubernetes binary is more than one minor off the pin
+  case $1 in kube-apiserver | kube-controller-manager | kube-scheduler | kubectl) ;; *) return 0 ;; esac
+  local want=${KUBERNETES_VERSION#v1.} have
+  want=${want%%.*}
+  have=$({ "$2" version --client 2>/dev/null || "$2" --version 2>/dev/null; } | grep -oE 'v1\.[0-9]+' | head -1)
+  have=${have#v1.}
+  [ -n "$have" ] && [ $((have - want)) -le 1 ] && [ $((want - have)) -le 1 ] && return 0
+  log "ignoring $2 (v1.${have:-?}): more than one minor away from ${KUBERNETES_VERSION}"
+  return 1
+}
+
 find_existing() { # name -> path or nothing
-  local name=$1 dir
+  local name=$1 dir path
   for dir in "${MAILTRAP_TESTBINS:-}" "${KUBEBUILDER_ASSETS:-}"; do
     if [ -n "$dir" ] && [ -x "$dir/$name" ]; then echo "$dir/$name"; return; fi
   done
-  command -v "$name" 2>/dev/null || true
+  path=$(command -v "$name" 2>/dev/null) || return 0
+  skew_ok "$name" "$path" && echo "$path"
+  return 0
 }
 
 download() { # name -> 0 when the official release landed in $bin
@@ -91,7 +104,15 @@ build() { # name -> 0 when a from-source build landed in $bin
   case $name in
     kube-apiserver | kube-controller-manager | kube-scheduler | kubectl)
       dir=$(kube_module)
-      (cd "$dir" && go build -trimpath -ldflags="-s -w" -o "$bin/$name" "k8s.io/kubernetes/cmd/$name") ;;
+      # Stamp the version as the release build does: the API server reports it at
+      # /version, and kubectl and helm compare against it.
+      local minor=${KUBERNETES_VERSION#v1.} flags="-s -w" pkg
+      minor=${minor%%.*}
+      for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+        flags+=" -X $pkg.gitVersion=${KUBERNETES_VERSION} -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor}"
+        flags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+      done
+      (cd "$dir" && go build -trimpath -ldflags="$flags" -o "$bin/$name" "k8s.io/kubernetes/cmd/$name") ;;
     etcd)
       dir="$cache/src/etcd"
       mkdir -p "$dir"

@@ -1,0 +1,544 @@
+"""A real, local Kubernetes control plane for tests and for ``make dev``.
+
+``LocalCluster`` starts etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok (simulated nodes that mark Pods Running and Ready) as
+child processes on free loopback ports, with certificates generated for the run
+and an admin client certificate. Garbage collection, Deployment -> ReplicaSet ->
+Pod, the scheduler and RBAC all behave as in a real cluster; only the kubelet is
+simulated. The binaries come from ``hack/testbins.sh`` (env, PATH, official
+download, or a build from the Go module proxy).
+
+Used by the session fixture in ``tests/conftest.py`` and by ``hack/dev.py``. It
+hands out kubeconfigs for the admin and, through TokenRequest, for any
+ServiceAccount, so the operator can run with exactly the chart's RBAC.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import datetime
+import ipaddress
+import json
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+REPO = Path(__file__).resolve().parents[2]
+KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
+SERVICE_CIDR = "10.96.0.0/16"
+POD_CIDR = "10.244.0.0/16"
+
+
+class ClusterError(RuntimeError):
+    """The control plane could not be started; the message carries the logs' tail."""
+
+
+def testbins_dir() -> Path:
+    """The directory of test binaries, obtained (and cached) by hack/testbins.sh."""
+    out = subprocess.run(
+        ["bash", str(REPO / "hack" / "testbins.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return Path(out.stdout.strip().splitlines()[-1])
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _die_with_parent() -> None:
+    # Children must not outlive a test run that was killed (SIGKILL leaves no
+    # chance for teardown), so ask Linux to signal them when we go.
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+# --- certificates -----------------------------------------------------------------
+
+
+def _name(common_name: str, org: str | None = None) -> x509.Name:
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if org:
+        attrs.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _pem_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@dataclass
+class _Pki:
+    ca_cert: bytes
+    server_cert: bytes
+    server_key: bytes
+    admin_cert: bytes
+    admin_key: bytes
+    sa_key: bytes
+    sa_pub: bytes
+
+
+def _make_pki() -> _Pki:
+    now = datetime.datetime.now(datetime.UTC)
+    validity = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=2))
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("mailtrap-test-ca"))
+        .issuer_name(_name("mailtrap-test-ca"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(validity[0])
+        .not_valid_after(validity[1])
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def leaf(
+        subject: x509.Name, usage: x509.ObjectIdentifier, sans: Sequence[x509.GeneralName] = ()
+    ) -> tuple[bytes, bytes]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(validity[0])
+            .not_valid_after(validity[1])
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        )
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return _pem_cert(builder.sign(ca_key, hashes.SHA256())), _pem_key(key)
+
+    server_cert, server_key = leaf(
+        _name("kube-apiserver"),
+        x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+        [
+            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(next(ipaddress.ip_network(SERVICE_CIDR).hosts())),
+            x509.DNSName("localhost"),
+            x509.DNSName("kubernetes"),
+            x509.DNSName("kubernetes.default"),
+            x509.DNSName("kubernetes.default.svc"),
+        ],
+    )
+    admin_cert, admin_key = leaf(
+        _name("mailtrap-test-admin", "system:masters"),
+        x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH,
+    )
+    sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    sa_pub = sa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return _Pki(
+        ca_cert=_pem_cert(ca),
+        server_cert=server_cert,
+        server_key=server_key,
+        admin_cert=admin_cert,
+        admin_key=admin_key,
+        sa_key=_pem_key(sa_key),
+        sa_pub=sa_pub,
+    )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# --- processes --------------------------------------------------------------------
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+    def tail(self, lines: int = 30) -> str:
+        self.log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+
+@dataclass
+class LocalCluster:
+    """A control plane of real Kubernetes binaries; start() it, then stop() it."""
+
+    bin_dir: Path
+    workdir: Path
+    api_port: int = 0
+    version: str = ""
+    _procs: list[_Proc] = field(default_factory=list)
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def admin_kubeconfig(self) -> Path:
+        return self.workdir / "admin.kubeconfig"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.workdir / "pki" / "ca.crt"
+
+    def binary(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+    # -- lifecycle --
+
+    def start(self, *, timeout: float = 120.0) -> None:
+        try:
+            self._start(timeout=timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, *, timeout: float) -> None:
+        pki_dir = self.workdir / "pki"
+        pki_dir.mkdir(parents=True, exist_ok=True)
+        pki = _make_pki()
+        files = {
+            "ca.crt": pki.ca_cert,
+            "apiserver.crt": pki.server_cert,
+            "apiserver.key": pki.server_key,
+            "admin.crt": pki.admin_cert,
+            "admin.key": pki.admin_key,
+            "sa.key": pki.sa_key,
+            "sa.pub": pki.sa_pub,
+        }
+        for name, data in files.items():
+            (pki_dir / name).write_bytes(data)
+            (pki_dir / name).chmod(0o600)
+
+        deadline = time.monotonic() + timeout
+        etcd_port, peer_port = free_port(), free_port()
+        etcd = f"http://127.0.0.1:{etcd_port}"
+        self._spawn(
+            "etcd",
+            [
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={etcd}",
+                f"--advertise-client-urls={etcd}",
+                f"--listen-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}",
+                f"--initial-cluster=default=http://127.0.0.1:{peer_port}",
+                # A throwaway store: fsync buys nothing here and costs seconds.
+                "--unsafe-no-fsync",
+                "--log-level=warn",
+            ],
+        )
+        self._wait("etcd", lambda: _http_ok(f"{etcd}/health"), deadline)
+
+        self.api_port = free_port()
+        self._spawn(
+            "kube-apiserver",
+            [
+                f"--etcd-servers={etcd}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.api_port}",
+                f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
+                f"--client-ca-file={pki_dir / 'ca.crt'}",
+                f"--service-account-key-file={pki_dir / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
+                "--service-account-issuer=https://kubernetes.default.svc",
+                "--authorization-mode=RBAC",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                "--enable-priority-and-fairness=false",
+                "--profiling=false",
+            ],
+        )
+        self._write_kubeconfig(
+            self.admin_kubeconfig,
+            user={
+                "client-certificate-data": _b64(pki.admin_cert),
+                "client-key-data": _b64(pki.admin_key),
+            },
+        )
+        admin_ctx = self._admin_ssl_context()
+        self._wait(
+            "kube-apiserver",
+            lambda: _http_ok(f"{self.server}/readyz", context=admin_ctx),
+            deadline,
+        )
+        version_url = f"{self.server}/version"
+        with urllib.request.urlopen(version_url, context=admin_ctx) as resp:  # noqa: S310
+            self.version = json.load(resp)["gitVersion"]
+
+        kubeconfig = str(self.admin_kubeconfig)
+        kcm_port, sched_port = free_port(), free_port()
+        self._spawn(
+            "kube-controller-manager",
+            [
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={kcm_port}",
+                "--leader-elect=false",
+                f"--service-account-private-key-file={pki_dir / 'sa.key'}",
+                f"--root-ca-file={pki_dir / 'ca.crt'}",
+                "--use-service-account-credentials=false",
+                # Without a cloud, cidr allocation and route controllers only complain.
+                "--controllers=*,-nodeipam,-route,-cloud-node-lifecycle,-service-lb-controller",
+                "--concurrent-gc-syncs=10",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={sched_port}",
+                "--leader-elect=false",
+            ],
+        )
+        self._spawn(
+            "kwok",
+            [
+                f"--kubeconfig={kubeconfig}",
+                f"--config={REPO / 'hack' / 'kwok-stages.yaml'}",
+                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                f"--cidr={POD_CIDR}",
+                "--node-lease-duration-seconds=40",
+            ],
+        )
+        insecure = ssl.create_default_context()
+        insecure.check_hostname = False
+        insecure.verify_mode = ssl.CERT_NONE  # their serving certs are self-signed, made at start
+        for name, port in (("kube-controller-manager", kcm_port), ("kube-scheduler", sched_port)):
+            self._wait(
+                name, lambda p=port: _http_ok(f"https://127.0.0.1:{p}/healthz", insecure), deadline
+            )
+        self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(_kwok_node("kwok-node-0")))
+        self._wait("kwok", self._node_ready, deadline)
+        # Pods are refused until the service account controller made "default".
+        self._wait("kube-controller-manager", self._default_sa_exists, deadline)
+
+    def stop(self) -> None:
+        for proc in reversed(self._procs):
+            if proc.popen.poll() is None:
+                proc.popen.terminate()
+        for proc in reversed(self._procs):
+            try:
+                proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+            proc.log.close()
+        self._procs.clear()
+
+    # -- clients and credentials --
+
+    def kubectl(
+        self,
+        *args: str,
+        input_text: str | None = None,
+        kubeconfig: Path | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        cmd = [self.binary("kubectl"), f"--kubeconfig={kubeconfig or self.admin_kubeconfig}"]
+        result = subprocess.run(
+            [*cmd, *args], input=input_text, capture_output=True, text=True, timeout=120
+        )
+        if check and result.returncode != 0:
+            raise subprocess.CalledProcessError(
+                result.returncode, result.args, result.stdout, result.stderr
+            )
+        return result
+
+    def serviceaccount_kubeconfig(
+        self, *, namespace: str, name: str, path: Path, expiration_seconds: int = 7200
+    ) -> Path:
+        """A kubeconfig carrying a bound token of the ServiceAccount (TokenRequest)."""
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": expiration_seconds},
+        }
+        out = self.kubectl(
+            "create",
+            "--raw",
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}/token",
+            "-f",
+            "-",
+            input_text=json.dumps(request),
+        )
+        token = json.loads(out.stdout)["status"]["token"]
+        self._write_kubeconfig(path, user={"token": token})
+        return path
+
+    def _write_kubeconfig(self, path: Path, *, user: dict[str, str]) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {
+                        "server": self.server,
+                        "certificate-authority-data": _b64(self.ca_file.read_bytes()),
+                    },
+                }
+            ],
+            "users": [{"name": "user", "user": user}],
+            "contexts": [{"name": "local", "context": {"cluster": "local", "user": "user"}}],
+            "current-context": "local",
+        }
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+
+    def _admin_ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        pki = self.workdir / "pki"
+        ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
+        return ctx
+
+    # -- internals --
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log_path = self.workdir / f"{name}.log"
+        log = log_path.open("ab")
+        popen = subprocess.Popen(
+            [self.binary(name), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
+        )
+        self._procs.append(_Proc(name, popen, log_path, log))
+
+    def _wait(self, name: str, ready: Callable[[], bool], deadline: float) -> None:
+        while time.monotonic() < deadline:
+            for proc in self._procs:
+                if proc.popen.poll() is not None:
+                    raise ClusterError(
+                        f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}"
+                    )
+            with contextlib.suppress(Exception):
+                if ready():
+                    return
+            time.sleep(0.2)
+        proc = next((p for p in self._procs if p.name == name), None)
+        raise ClusterError(f"{name} not ready in time:\n{proc.tail() if proc else ''}")
+
+    def _node_ready(self) -> bool:
+        out = self.kubectl(
+            "get",
+            "node",
+            "kwok-node-0",
+            "-o",
+            'jsonpath={.status.conditions[?(@.type=="Ready")].status}',
+            check=False,
+        )
+        return out.stdout.strip() == "True"
+
+    def _default_sa_exists(self) -> bool:
+        return self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0
+
+
+def _kwok_node(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": name,
+            "annotations": {KWOK_NODE_ANNOTATION: "fake"},
+            "labels": {
+                "kubernetes.io/hostname": name,
+                "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": "amd64",
+                "type": "kwok",
+            },
+        },
+        "status": {
+            "allocatable": {"cpu": "32", "memory": "256Gi", "pods": "500"},
+            "capacity": {"cpu": "32", "memory": "256Gi", "pods": "500"},
+        },
+    }
+
+
+def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2, context=context) as resp:  # noqa: S310
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def local_cluster(
+    *, workdir: Path | None = None, keep_logs: Path | None = None
+) -> Iterator[LocalCluster]:
+    """Start a cluster for the duration of a ``with`` block; always stops and cleans up."""
+    owned = workdir is None
+    work = workdir or Path(tempfile.mkdtemp(prefix="mailtrap-cluster-"))
+    cluster = LocalCluster(bin_dir=testbins_dir(), workdir=work)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+        if keep_logs is not None:
+            keep_logs.mkdir(parents=True, exist_ok=True)
+            for log in work.glob("*.log"):
+                shutil.copy(log, keep_logs / log.name)
+        if owned:
+            shutil.rmtree(work, ignore_errors=True)
