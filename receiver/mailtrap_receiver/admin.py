@@ -1,0 +1,62 @@
+"""The health and metrics port (9090): ``/healthz``, ``/readyz`` and ``/metrics``.
+
+It is a separate aiohttp application from the webhook app (`app`), on its own port,
+so the Service an Ingress points at never exposes it. Both apps share one
+`Lifecycle`: `server` marks it started once both listen and stopping on SIGTERM,
+and the webhook app marks it stopping when it shuts down. ``/readyz`` answers 503
+while starting and while stopping, so Kubernetes sends no new requests to a receiver
+that cannot finish them; ``/healthz`` answers 200 whenever the loop runs.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from .metrics import CONTENT_TYPE, Metrics
+
+
+class Lifecycle:
+    """Whether the receiver should get traffic: started and not stopping."""
+
+    def __init__(self) -> None:
+        self.started = False
+        self.stopping = False
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.stopping
+
+    @property
+    def state(self) -> str:
+        if self.stopping:
+            return "stopping"
+        return "ready" if self.started else "starting"
+
+
+def _json(status: int, data: object) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def create_admin_app(*, lifecycle: Lifecycle, metrics: Metrics) -> web.Application:
+    """The app of the health and metrics port."""
+
+    async def healthz(request: web.Request) -> web.Response:
+        return _json(200, {"status": "ok"})
+
+    async def readyz(request: web.Request) -> web.Response:
+        if lifecycle.ready:
+            return _json(200, {"status": "ready"})
+        return _json(503, {"error": "not_ready", "detail": f"the receiver is {lifecycle.state}"})
+
+    async def metrics_handler(request: web.Request) -> web.Response:
+        response = web.Response(body=metrics.render())
+        # Set whole: aiohttp's content_type would drop the version parameter.
+        response.headers["Content-Type"] = CONTENT_TYPE
+        return response
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+    return app

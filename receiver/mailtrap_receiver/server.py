@@ -1,0 +1,87 @@
+"""The receiver process: both apps on their ports, and a graceful stop on SIGTERM.
+
+`cli` calls `run` for ``mailtrap-receiver serve``. `serve` builds the webhook app
+(`app.create_app`) and the health and metrics app (`admin.create_admin_app`)
+around one `metrics.Metrics` and one `admin.Lifecycle`, starts the admin port first
+(so probes answer while the sink starts), then the webhook port, and only then
+reports ready. On SIGTERM or SIGINT it fails readiness, stops listening, lets the
+requests in flight finish (up to ``shutdownGracePeriod``), closes the sink through
+the app's ``cleanup_ctx`` and returns, so the process exits 0. uvloop runs the loop
+when it is installed; aiohttp's access log is off because `app` writes its own line
+per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from typing import Final
+
+import structlog
+from aiohttp import web
+
+from .admin import Lifecycle, create_admin_app
+from .app import create_app
+from .config import ReceiverConfig
+from .metrics import Metrics
+
+# Mailtrap sends bursts; a deeper accept queue rides them out instead of refusing.
+_BACKLOG: Final = 1024
+
+log = structlog.get_logger("mailtrap_receiver.server")
+
+
+async def serve(
+    *,
+    config: ReceiverConfig,
+    host: str,
+    port: int,
+    metrics_port: int,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until ``stop`` is set or a SIGTERM/SIGINT arrives, then shut down cleanly."""
+    stop = asyncio.Event() if stop is None else stop
+    lifecycle = Lifecycle()
+    metrics = Metrics()
+    # Built before anything listens: a bad secret file fails here, naming its key.
+    app = create_app(config=config, metrics=metrics, lifecycle=lifecycle)
+    admin_runner = web.AppRunner(
+        create_admin_app(lifecycle=lifecycle, metrics=metrics), access_log=None
+    )
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace_period)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await admin_runner.setup()
+        await web.TCPSite(admin_runner, host, metrics_port, backlog=_BACKLOG).start()
+        await runner.setup()
+        await web.TCPSite(runner, host, port, backlog=_BACKLOG).start()
+        lifecycle.started = True
+        log.info("listening", host=host, port=port, metrics_port=metrics_port, path=config.path)
+        await stop.wait()
+        log.info("stopping", grace_period_s=config.shutdown_grace_period)
+    finally:
+        lifecycle.stopping = True
+        # Stops the listener, waits for in-flight requests, then runs cleanup_ctx.
+        await runner.cleanup()
+        await admin_runner.cleanup()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("stopped")
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
+def run(*, config: ReceiverConfig, host: str, port: int, metrics_port: int) -> None:
+    """Run `serve` to completion on a fresh event loop (uvloop when available)."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(config=config, host=host, port=port, metrics_port=metrics_port))
