@@ -125,7 +125,15 @@ build() { # name -> 0 when a from-source build landed in $bin
     kwok)
       GOBIN="$bin" go install -trimpath -ldflags="-s -w" "sigs.k8s.io/kwok/cmd/kwok@${KWOK_VERSION}" ;;
     helm)
-      GOBIN="$bin" go install -trimpath -ldflags="-s -w" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" ;;
+      # The flags of helm's own release build: its version, and the Kubernetes
+      # version `helm template` and `helm lint` assume when no cluster is asked.
+      local kminor pkg flags="-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}"
+      kminor=$(curl -fsSL "$(go env GOPROXY | cut -d, -f1)/helm.sh/helm/v3/@v/${HELM_VERSION}.mod" |
+        awk '$1 == "k8s.io/client-go" {print $2}' | cut -d. -f2)
+      for pkg in pkg/lint/rules pkg/chartutil; do
+        flags+=" -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=${kminor}"
+      done
+      GOBIN="$bin" go install -trimpath -ldflags="$flags" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" ;;
   esac
 }
 
