@@ -1,0 +1,225 @@
+"""kopf handlers: the glue between watch events and the `reconciler`.
+
+Importing this module registers the handlers on kopf's default registry;
+`cli` imports it and runs kopf with `kopf_settings`. Handlers do no work of
+their own: they read kopf's in-memory indexes and call the `Reconciler` kept in
+kopf's ``memo``.
+
+- MailtrapWebhooks: create, update and resume all reconcile; a returned
+  problem becomes a retry with backoff (``kopf.TemporaryError``) or, for an
+  invalid spec, none until the spec changes (``kopf.PermanentError``). No
+  deletion handler and so no finalizer: owner references let the garbage
+  collector delete the children.
+- Children (ConfigMaps, Services, Deployments, Ingresses, PodDisruptionBudgets,
+  NetworkPolicies), watched with the managed-by label as a server-side selector:
+  drift repair and Deployment status -> owner status.
+- Secrets: only those some MailtrapWebhook references (a set lookup in an
+  index) go further.
+
+Three indexes answer "who owns what" without reading the API: owners by
+(namespace, name), children by owner, and owners by referenced Secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import kopf
+
+from .builders import secret_refs
+from .reconciler import ChildRef, Reconciler
+from .resources import (
+    CHILD_KINDS,
+    GROUP,
+    KOPF_ANNOTATION_PREFIX,
+    MANAGED_BY_SELECTOR,
+    OPERATOR_NAME,
+    PLURAL,
+    VERSION,
+    Kind,
+    Owner,
+    OwnerKey,
+    controller_owner,
+)
+from .settings import Settings
+
+MTWH: Final = (GROUP, VERSION, PLURAL)
+MANAGED_LABELS: Final = {MANAGED_BY_SELECTOR.split("=")[0]: MANAGED_BY_SELECTOR.split("=")[1]}
+WATCHED_CHILDREN: Final[tuple[Kind, ...]] = tuple(kind for kind in CHILD_KINDS if kind.watched)
+MAX_RETRY_DELAY: Final = 300.0
+
+
+def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
+    """kopf's settings for this operator: quiet, annotation-based, least privilege."""
+    config = kopf.OperatorSettings()
+    # We post our own Events, with reasons people can act on.
+    config.posting.enabled = False
+    config.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+        prefix=KOPF_ANNOTATION_PREFIX
+    )
+    config.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=KOPF_ANNOTATION_PREFIX, key="last-handled-configuration"
+    )
+    # Never added (there is no deletion handler), but named as ours if it ever is.
+    config.persistence.finalizer = f"{KOPF_ANNOTATION_PREFIX}/finalizer"
+    # One discovery at start instead of watching CRDs and namespaces: no
+    # cluster-wide read permissions beyond the kinds we handle.
+    config.scanning.disabled = True
+    # Reconnect watches regularly: a silently dead connection must not stall us.
+    config.watching.server_timeout = 300
+    config.watching.client_timeout = 330
+    config.watching.connect_timeout = 10
+    for kind in WATCHED_CHILDREN:
+        config.watching.label_selectors[kind.group, kind.version, kind.plural] = MANAGED_BY_SELECTOR
+    config.peering.standalone = settings.standalone
+    config.peering.clusterwide = settings.clusterwide
+    if settings.peering_name:
+        config.peering.name = settings.peering_name
+    config.peering.priority = settings.priority
+    config.posting.reporting_component = OPERATOR_NAME
+    config.process.ultimate_exiting_timeout = 30
+    return config
+
+
+def _reconciler(memo: Any) -> Reconciler:
+    reconciler = getattr(memo, "reconciler", None)
+    if not isinstance(reconciler, Reconciler):
+        raise kopf.PermanentError("the operator was started without its reconciler in memo")
+    return reconciler
+
+
+@dataclass(frozen=True)
+class _Indexes:
+    """kopf's indexes, which it passes to handlers as keyword arguments by name."""
+
+    owners: kopf.Index[OwnerKey, Owner]
+    children: kopf.Index[OwnerKey, ChildRef]
+    secret_refs: kopf.Index[tuple[str, str], str]
+
+    @classmethod
+    def of(cls, kwargs: Mapping[str, Any]) -> _Indexes:
+        return cls(
+            owners=kwargs["mtwh_owners"],
+            children=kwargs["mtwh_children"],
+            secret_refs=kwargs["mtwh_secret_refs"],
+        )
+
+    def owner(self, key: OwnerKey) -> Owner | None:
+        found: Owner | None = next(iter(self.owners.get(key, ())), None)
+        return found
+
+    def children_of(self, key: OwnerKey) -> Iterable[ChildRef]:
+        return tuple(self.children.get(key, ()))
+
+
+def retry_delay(retry: int) -> float:
+    """Exponential backoff for broken references: 5 s, 10 s, 20 s ... 5 min."""
+    return float(min(MAX_RETRY_DELAY, 5.0 * 2 ** min(retry, 10)))
+
+
+# --- indexes ------------------------------------------------------------------------
+
+
+@kopf.index(*MTWH)
+def mtwh_owners(*, body: kopf.Body, **_: Any) -> dict[OwnerKey, Owner]:
+    owner = Owner.from_body(body)
+    return {owner.key: owner}
+
+
+@kopf.index(*MTWH)
+def mtwh_secret_refs(
+    *, spec: kopf.Spec, namespace: str | None, name: str, **_: Any
+) -> dict[tuple[str, str], str]:
+    return {(namespace or "", ref.name): name for ref in secret_refs(spec)}
+
+
+def mtwh_children(
+    *, body: kopf.Body, name: str, resource: kopf.Resource, **_: Any
+) -> dict[OwnerKey, ChildRef] | None:
+    owner = controller_owner(body)
+    return {owner[0]: (str(resource.kind), name)} if owner is not None else None
+
+
+# --- MailtrapWebhooks ---------------------------------------------------------------
+
+
+@kopf.on.resume(*MTWH)
+@kopf.on.create(*MTWH)
+@kopf.on.update(*MTWH)
+async def reconcile(*, body: kopf.Body, reason: str, retry: int, memo: Any, **kwargs: Any) -> None:
+    owner = Owner.from_body(body)
+    problem = await _reconciler(memo).reconcile(
+        owner=owner,
+        known_children=_Indexes.of(kwargs).children_of(owner.key),
+        trigger=str(reason),
+    )
+    if problem is None:
+        return
+    if problem.permanent:
+        raise kopf.PermanentError(f"{problem.reason}: {problem.message}")
+    raise kopf.TemporaryError(f"{problem.reason}: {problem.message}", delay=retry_delay(retry))
+
+
+@kopf.on.event(*MTWH)
+def mtwh_event(
+    *, type: str | None, namespace: str | None, name: str, memo: Any, **kwargs: Any
+) -> None:
+    _reconciler(memo).on_owner_event(
+        event_type=type, key=(namespace or "", name), managed=len(_Indexes.of(kwargs).owners)
+    )
+
+
+# --- children -----------------------------------------------------------------------
+
+
+async def child_event(
+    *, type: str | None, body: kopf.Body, resource: kopf.Resource, memo: Any, **kwargs: Any
+) -> None:
+    indexes = _Indexes.of(kwargs)
+    await _reconciler(memo).on_child_event(
+        kind=str(resource.kind),
+        event_type=type,
+        body=body,
+        find_owner=indexes.owner,
+        known_children=indexes.children_of,
+    )
+
+
+for _kind in WATCHED_CHILDREN:
+    kopf.index(_kind.group, _kind.version, _kind.plural, id="mtwh_children", labels=MANAGED_LABELS)(
+        mtwh_children
+    )
+    kopf.on.event(
+        _kind.group, _kind.version, _kind.plural, id="child_event", labels=MANAGED_LABELS
+    )(child_event)
+
+
+# --- Secrets ------------------------------------------------------------------------
+
+
+def _referenced(*, namespace: str | None, name: str | None, **kwargs: Any) -> bool:
+    return (namespace or "", name or "") in _Indexes.of(kwargs).secret_refs
+
+
+@kopf.on.event("", "v1", "secrets", when=_referenced)
+async def secret_event(
+    *,
+    type: str | None,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    memo: Any,
+    **kwargs: Any,
+) -> None:
+    indexes = _Indexes.of(kwargs)
+    namespace = namespace or ""
+    owners = [
+        owner
+        for owner_name in sorted(set(indexes.secret_refs.get((namespace, name), ())))
+        if (owner := indexes.owner((namespace, owner_name))) is not None
+    ]
+    await _reconciler(memo).on_secret_event(
+        event_type=type, body=body, owners=owners, known_children=indexes.children_of
+    )

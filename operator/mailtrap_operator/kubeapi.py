@@ -1,0 +1,285 @@
+"""The one module that talks to the Kubernetes API (besides kopf's own watching).
+
+`KubeApi` wraps the official ``kubernetes`` client's ``ApiClient`` for raw
+requests: it keeps authentication (in-cluster ServiceAccount or a kubeconfig,
+``KUBECONFIG`` honoured), TLS and connection pooling, but skips its model
+classes, which cost more CPU than the requests themselves at a thousand
+resources. Calls are blocking, so they run on a small dedicated thread pool and
+the rest of the operator awaits them.
+
+`reconciler` is the only caller: server-side apply of children, deletion of
+children no longer wanted, reading the Secrets a spec references, writing the
+owner's status, posting Events, and an API discovery check (cached) for
+optional kinds such as the Prometheus Operator's ServiceMonitor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import datetime
+import functools
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import urlencode
+
+import orjson
+import urllib3
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
+
+from .resources import (
+    EVENT,
+    FIELD_MANAGER,
+    MAILTRAP_WEBHOOK,
+    OPERATOR_NAME,
+    SECRET,
+    Kind,
+    decode_secret_data,
+)
+
+# (connect, read) seconds: one slow request must not hold a worker thread for long.
+_TIMEOUT: Final = (5.0, 30.0)
+_APPLY: Final = "application/apply-patch+yaml"
+_MERGE: Final = "application/merge-patch+json"
+_JSON: Final = "application/json"
+
+
+class ApiError(Exception):
+    """A failed API request: HTTP status and the server's message (never our request body)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.message = message
+        super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
+
+    @property
+    def rejected(self) -> bool:
+        """The server refused the object itself: retrying the same request cannot help."""
+        return self.status in (400, 422)
+
+
+@dataclass
+class _Cached:
+    value: bool
+    expires: float
+
+
+@dataclass
+class KubeApi:
+    """Raw, async-friendly access to the API server with the client's credentials."""
+
+    api_client: Any
+    workers: int = 8
+    discovery_ttl: float = 60.0
+    _executor: concurrent.futures.ThreadPoolExecutor = field(init=False)
+    _served: dict[tuple[str, str], _Cached] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=self.workers, thread_name_prefix="kubeapi"
+        )
+
+    @classmethod
+    def from_environment(cls, *, workers: int = 8, discovery_ttl: float = 60.0) -> KubeApi:
+        """In a Pod, the ServiceAccount; elsewhere ``$KUBECONFIG`` or ``~/.kube/config``."""
+        configuration = k8s_client.Configuration()
+        try:
+            k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        except k8s_config.ConfigException:
+            k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        # One pooled connection per worker thread, so no request waits for a socket.
+        configuration.connection_pool_maxsize = workers
+        api_client = k8s_client.ApiClient(configuration)
+        api_client.user_agent = f"{OPERATOR_NAME}"
+        return cls(api_client=api_client, workers=workers, discovery_ttl=discovery_ttl)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self.api_client.close()
+
+    # -- transport --
+    #
+    # Bodies: bytes for server-side apply (sent as they are), JSON-able objects
+    # for JSON content types (the client serialises those itself).
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str] | None,
+        body: Any,
+        content_type: str | None,
+    ) -> tuple[int, bytes]:
+        headers = {"Accept": _JSON}
+        if content_type:
+            headers["Content-Type"] = content_type
+        _, url, headers, _, _ = self.api_client.param_serialize(
+            method=method,
+            resource_path=path,
+            header_params=headers,
+            auth_settings=["BearerToken"],
+        )
+        if query:
+            url = f"{url}?{urlencode(query)}"
+        try:
+            response = self.api_client.call_api(
+                method, url, header_params=headers, body=body, _request_timeout=_TIMEOUT
+            )
+            data: bytes = response.read() or b""
+            return int(response.status), data
+        except (urllib3.exceptions.HTTPError, OSError) as error:
+            # Status 0: the request never got an answer; callers retry later.
+            raise ApiError(0, "Unreachable", type(error).__name__) from None
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str | None = None,
+        missing_ok: bool = False,
+    ) -> dict[str, Any] | None:
+        loop = asyncio.get_running_loop()
+        status, data = await loop.run_in_executor(
+            self._executor,
+            functools.partial(self._call, method, path, query, body, content_type),
+        )
+        if status == 404 and missing_ok:
+            return None
+        if not 200 <= status < 300:
+            raise _error(status, data)
+        if not data:
+            return {}
+        decoded = orjson.loads(data)
+        return decoded if isinstance(decoded, dict) else {}
+
+    # -- children --
+
+    async def apply(self, manifest: Mapping[str, Any], *, kind: Kind) -> dict[str, Any]:
+        """Server-side apply with our field manager; force, since we own these objects."""
+        meta = manifest["metadata"]
+        result = await self._request(
+            "PATCH",
+            kind.path(namespace=meta["namespace"], name=meta["name"]),
+            query={"fieldManager": FIELD_MANAGER, "force": "true"},
+            body=orjson.dumps(manifest),
+            content_type=_APPLY,
+        )
+        return result or {}
+
+    async def delete(self, *, kind: Kind, namespace: str, name: str) -> bool:
+        """Delete a child; False when it was already gone. Dependents go in the background."""
+        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+        result = await self._request(
+            "DELETE",
+            kind.path(namespace=namespace, name=name),
+            body=body,
+            content_type=_JSON,
+            missing_ok=True,
+        )
+        return result is not None
+
+    # -- inputs --
+
+    async def read_secret(self, *, namespace: str, name: str) -> dict[str, bytes] | None:
+        """The decoded data of a Secret, or None when it does not exist."""
+        result = await self._request(
+            "GET", SECRET.path(namespace=namespace, name=name), missing_ok=True
+        )
+        if result is None:
+            return None
+        return decode_secret_data(result.get("data") or {})
+
+    async def read_owner(self, *, namespace: str, name: str) -> dict[str, Any] | None:
+        return await self._request(
+            "GET", MAILTRAP_WEBHOOK.path(namespace=namespace, name=name), missing_ok=True
+        )
+
+    async def served(self, *, kind: Kind) -> bool:
+        """Whether the API server serves a kind (discovery, cached for ``discovery_ttl``)."""
+        cache_key = (kind.api_version, kind.plural)
+        now = time.monotonic()
+        cached = self._served.get(cache_key)
+        if cached is not None and cached.expires > now:
+            return cached.value
+        root = f"/apis/{kind.api_version}" if kind.group else f"/api/{kind.version}"
+        result = await self._request("GET", root, missing_ok=True)
+        value = result is not None and any(
+            item.get("name") == kind.plural for item in result.get("resources") or ()
+        )
+        self._served[cache_key] = _Cached(value, now + self.discovery_ttl)
+        return value
+
+    # -- outputs on the owner --
+
+    async def patch_status(
+        self, *, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """Merge-patch the status subresource; None when the owner is gone."""
+        return await self._request(
+            "PATCH",
+            MAILTRAP_WEBHOOK.path(namespace=namespace, name=name) + "/status",
+            body={"status": dict(status)},
+            content_type=_MERGE,
+            missing_ok=True,
+        )
+
+    async def post_event(
+        self,
+        *,
+        owner: Mapping[str, str],
+        event_type: str,
+        reason: str,
+        message: str,
+        now: datetime.datetime,
+    ) -> None:
+        """A core/v1 Event on the owner, as ``kubectl describe`` shows them."""
+        stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{owner['name']}.{uuid.uuid4().hex[:16]}",
+                "namespace": owner["namespace"],
+            },
+            "involvedObject": {
+                "apiVersion": MAILTRAP_WEBHOOK.api_version,
+                "kind": MAILTRAP_WEBHOOK.kind,
+                "name": owner["name"],
+                "namespace": owner["namespace"],
+                "uid": owner["uid"],
+            },
+            "type": event_type,
+            "reason": reason,
+            # The API server caps messages at 1 KiB.
+            "message": message[:1000],
+            "source": {"component": OPERATOR_NAME},
+            "firstTimestamp": stamp,
+            "lastTimestamp": stamp,
+            "count": 1,
+        }
+        await self._request(
+            "POST",
+            EVENT.path(namespace=owner["namespace"]),
+            body=event,
+            content_type=_JSON,
+        )
+
+
+def _error(status: int, data: bytes) -> ApiError:
+    reason, message = "", ""
+    with contextlib.suppress(orjson.JSONDecodeError):
+        decoded = orjson.loads(data)
+        if isinstance(decoded, dict):
+            reason = str(decoded.get("reason") or "")
+            message = str(decoded.get("message") or "")
+    return ApiError(status, reason or "Error", message)

@@ -1,0 +1,152 @@
+"""What this operator process last applied and wrote, kept in memory.
+
+Watch events do not say who made a change. The ledger remembers, for every
+child the `reconciler` applied, the ``resourceVersion`` and ``generation`` the
+API server answered with, so a later event can be told apart: our own write (or
+an older event still in flight) is ignored; a newer spec generation, a newer
+version of an object without one (ConfigMap, Service), a lost label or a lost
+owner reference is a hand edit and triggers a reconcile (`drift`).
+
+Per owner it keeps the status last written (fresher than kopf's index right
+after a write), the digests of the secret values last used (so a Secret event
+that changes nothing is ignored), and a lock so that reconciles, drift repairs
+and status refreshes of one MailtrapWebhook never interleave.
+
+Nothing here is persisted: after a restart, kopf's resume handlers reconcile
+every resource once and so fill the ledger again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .resources import LABEL_INSTANCE, LABEL_MANAGED_BY, OPERATOR_NAME, OwnerKey, controller_owner
+
+ChildKey = tuple[str, str, str]  # (kind, namespace, name)
+SecretKey = tuple[str, str]  # (secret name, key)
+
+
+@dataclass
+class AppliedChild:
+    owner: OwnerKey
+    resource_version: str
+    generation: int | None
+
+
+@dataclass
+class OwnerRecord:
+    uid: str
+    status: dict[str, Any] | None = None
+    # Digest of each referenced secret value, None for a missing secret or key.
+    secret_digests: dict[SecretKey, str | None] = field(default_factory=dict)
+    reconciled: bool = False
+
+
+def digest(value: bytes) -> str:
+    return hashlib.sha256(value).hexdigest()
+
+
+def _newer(seen: str, recorded: str) -> bool:
+    # resourceVersions are opaque by contract but etcd revisions in practice;
+    # comparing numerically lets a late event for an older version pass as ours.
+    if seen.isdigit() and recorded.isdigit():
+        return int(seen) > int(recorded)
+    return seen != recorded
+
+
+def drift(applied: AppliedChild | None, body: Mapping[str, Any]) -> str | None:
+    """Why an observed child differs from what we applied, or None if it does not."""
+    if applied is None:
+        return None
+    meta = body.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if (
+        labels.get(LABEL_MANAGED_BY) != OPERATOR_NAME
+        or labels.get(LABEL_INSTANCE) != (applied.owner[1])
+    ):
+        return "its labels were changed"
+    owner = controller_owner(body)
+    if owner is None or owner[0] != applied.owner:
+        return "its owner reference was removed"
+    generation = meta.get("generation")
+    if applied.generation is not None and generation is not None:
+        if int(generation) > applied.generation:
+            return "its spec was changed"
+        return None
+    version = str(meta.get("resourceVersion") or "")
+    if version and _newer(version, applied.resource_version):
+        return "it was changed"
+    return None
+
+
+class Ledger:
+    """In-memory records keyed by owner and by child; see the module docstring."""
+
+    def __init__(self) -> None:
+        self._owners: dict[OwnerKey, OwnerRecord] = {}
+        self._children: dict[ChildKey, AppliedChild] = {}
+        self._by_owner: dict[OwnerKey, set[ChildKey]] = {}
+        # Weak: a lock lives only while some task holds or awaits it.
+        self._locks: weakref.WeakValueDictionary[OwnerKey, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    def lock(self, key: OwnerKey) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[key] = lock
+        return lock
+
+    # -- owners --
+
+    def owner(self, key: OwnerKey, *, uid: str) -> OwnerRecord:
+        """The record of an owner; a new one if the name now belongs to another object."""
+        record = self._owners.get(key)
+        if record is None or record.uid != uid:
+            self.forget_owner(key)
+            record = self._owners[key] = OwnerRecord(uid=uid)
+        return record
+
+    def known_owner(self, key: OwnerKey, *, uid: str | None = None) -> OwnerRecord | None:
+        record = self._owners.get(key)
+        if record is None or (uid is not None and record.uid != uid):
+            return None
+        return record
+
+    def forget_owner(self, key: OwnerKey) -> None:
+        self._owners.pop(key, None)
+        for child in self._by_owner.pop(key, set()):
+            self._children.pop(child, None)
+
+    def owners(self) -> int:
+        return len(self._owners)
+
+    # -- children --
+
+    def record_applied(self, *, kind: str, owner: OwnerKey, body: Mapping[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key: ChildKey = (kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
+        generation = meta.get("generation")
+        self._children[key] = AppliedChild(
+            owner=owner,
+            resource_version=str(meta.get("resourceVersion") or ""),
+            generation=int(generation) if generation is not None else None,
+        )
+        self._by_owner.setdefault(owner, set()).add(key)
+
+    def applied(self, key: ChildKey) -> AppliedChild | None:
+        return self._children.get(key)
+
+    def forget_child(self, key: ChildKey) -> None:
+        applied = self._children.pop(key, None)
+        if applied is not None:
+            self._by_owner.get(applied.owner, set()).discard(key)
+
+    def children_of(self, owner: OwnerKey) -> Iterable[ChildKey]:
+        return tuple(self._by_owner.get(owner, ()))

@@ -1,0 +1,447 @@
+"""One reconcile of one MailtrapWebhook, and the reactions to its children and Secrets.
+
+`handlers` turn kopf events into calls here; this module decides what to do and
+uses the others to do it: `builders` for the manifests, `kubeapi` for every
+API request, `status` for what to report, the `ledger` to tell our own writes
+from hand edits, `metrics` to count. The three entry points:
+
+- `Reconciler.reconcile`: read the referenced Secrets, build and server-side
+  apply the children, delete the optional ones no longer wanted, write status,
+  post Events. A missing Secret or an invalid spec is not an exception here: it
+  becomes the Degraded condition, a Warning Event and the returned `Problem`,
+  which the kopf handler turns into a retry (or none, when only a spec change
+  can help). Nothing is applied while a reference is broken, so there is never
+  a half-applied state.
+- `Reconciler.on_child_event`: a child changed or disappeared. If the ledger
+  says it was not us, reconcile the owner (drift repair); for a Deployment,
+  refresh the owner's replica counts and readiness.
+- `Reconciler.on_secret_event`: a referenced Secret appeared, changed or went
+  away; reconcile its owners if the values they use changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any, Final
+
+from . import builders, status
+from .kubeapi import ApiError, KubeApi
+from .ledger import ChildKey, Ledger, OwnerRecord, SecretKey, digest, drift
+from .logs import get_logger
+from .metrics import OperatorMetrics
+from .resources import (
+    DEPLOYMENT,
+    KINDS_BY_NAME,
+    SERVICE_MONITOR,
+    Owner,
+    OwnerKey,
+    controller_owner,
+    decode_secret_data,
+)
+from .settings import Settings
+
+log = get_logger(__name__)
+
+ChildRef = tuple[str, str]  # (kind, name), as kopf's children index holds them
+SECRET_PROBLEMS: Final = frozenset({"SecretMissing", "SecretKeyMissing"})
+
+
+def _utcnow() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+class Reconciler:
+    """Holds what reconciles share: settings, the API, the ledger and the metrics."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        api: KubeApi,
+        metrics: OperatorMetrics,
+        ledger: Ledger | None = None,
+        clock: Callable[[], datetime.datetime] = _utcnow,
+    ) -> None:
+        self.settings = settings
+        self.api = api
+        self.metrics = metrics
+        self.ledger = ledger or Ledger()
+        self.clock = clock
+        self._background: set[asyncio.Task[None]] = set()
+
+    # -- entry points --
+
+    async def reconcile(
+        self, *, owner: Owner, known_children: Iterable[ChildRef], trigger: str
+    ) -> status.Problem | None:
+        """Bring the children and status in line with the owner's spec."""
+        async with self.ledger.lock(owner.key):
+            return await self._reconcile(owner, known_children, trigger)
+
+    async def on_child_event(
+        self,
+        *,
+        kind: str,
+        event_type: str | None,
+        body: Mapping[str, Any],
+        find_owner: Callable[[OwnerKey], Owner | None],
+        known_children: Callable[[OwnerKey], Iterable[ChildRef]],
+    ) -> None:
+        found = controller_owner(body)
+        if found is None:
+            return
+        key, uid = found
+        owner = find_owner(key)
+        if owner is None or owner.uid != uid or owner.deleting:
+            return
+        meta = body.get("metadata") or {}
+        child: ChildKey = (kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
+        async with self.ledger.lock(key):
+            record = self.ledger.known_owner(key, uid=uid)
+            if record is None:
+                # Not reconciled by this process yet; its resume or create handler will.
+                return
+            applied = self.ledger.applied(child)
+            if applied is None:
+                return
+            if event_type == "DELETED":
+                reason: str | None = "it was deleted"
+                # Garbage collection deletes children after their owner: never
+                # bring one back for an owner that is going away.
+                if not await self._owner_alive(owner):
+                    return
+            else:
+                reason = drift(applied, body)
+            if reason is not None:
+                await self._repair(owner, known_children(key), child, reason)
+            elif kind == DEPLOYMENT.kind and _generation(body) >= (applied.generation or 0):
+                await self._refresh(owner, record, body)
+
+    async def on_secret_event(
+        self,
+        *,
+        event_type: str | None,
+        body: Mapping[str, Any],
+        owners: Iterable[Owner],
+        known_children: Callable[[OwnerKey], Iterable[ChildRef]],
+    ) -> None:
+        meta = body.get("metadata") or {}
+        name = str(meta.get("name", ""))
+        data = None if event_type == "DELETED" else decode_secret_data(body.get("data") or {})
+        for owner in owners:
+            async with self.ledger.lock(owner.key):
+                record = self.ledger.known_owner(owner.key, uid=owner.uid)
+                if record is None or owner.deleting:
+                    continue
+                used = [key for key in record.secret_digests if key[0] == name]
+                seen = {key: _digest_of(data, key[1]) for key in used}
+                if all(record.secret_digests[key] == seen[key] for key in used):
+                    continue
+                log.info(
+                    "secret changed",
+                    namespace=owner.namespace,
+                    name=owner.name,
+                    secret=name,
+                )
+                await self._reconcile(owner, known_children(owner.key), "secret")
+
+    def on_owner_event(self, *, event_type: str | None, key: OwnerKey, managed: int) -> None:
+        if event_type == "DELETED":
+            self.ledger.forget_owner(key)
+        self.metrics.managed_resources.set(managed)
+
+    async def close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- the reconcile itself --
+
+    async def _reconcile(
+        self, owner: Owner, known_children: Iterable[ChildRef], trigger: str
+    ) -> status.Problem | None:
+        if owner.deleting:
+            return None
+        started = time.monotonic()
+        record = self.ledger.owner(owner.key, uid=owner.uid)
+        previous = record.status if record.status is not None else dict(owner.status)
+        first = not record.reconciled
+        problem: status.Problem | None = None
+        try:
+            builders.validate(owner)
+            refs = builders.secret_refs(owner.spec)
+            values, problem = await self._read_secrets(owner, refs, record)
+            if problem is None:
+                await self._apply(owner, values, known_children, record, previous, first)
+        except builders.SpecError as error:
+            problem = status.Problem("InvalidSpec", str(error), permanent=True)
+        except ApiError as error:
+            problem = status.Problem(
+                "ApplyRejected" if error.rejected else "ApiUnavailable",
+                f"The Kubernetes API answered {error}",
+                permanent=error.rejected,
+            )
+        if problem is not None:
+            await self._report_problem(owner, record, previous, problem)
+        record.reconciled = True
+
+        elapsed = time.monotonic() - started
+        if problem is None:
+            outcome = "success"
+        elif problem.reason in SECRET_PROBLEMS or problem.reason == "InvalidSpec":
+            outcome = "degraded"
+        else:
+            outcome = "error"
+        self.metrics.reconciles.labels(outcome=outcome).inc()
+        self.metrics.reconcile_duration.observe(elapsed)
+        log.info(
+            "reconciled",
+            namespace=owner.namespace,
+            name=owner.name,
+            generation=owner.generation,
+            trigger=trigger,
+            outcome=outcome,
+            reason=problem.reason if problem else None,
+            duration_ms=round(elapsed * 1000, 1),
+        )
+        return problem
+
+    async def _read_secrets(
+        self, owner: Owner, refs: list[builders.SecretRef], record: OwnerRecord
+    ) -> tuple[dict[SecretKey, bytes], status.Problem | None]:
+        names = sorted({ref.name for ref in refs})
+        found = await asyncio.gather(
+            *(self.api.read_secret(namespace=owner.namespace, name=name) for name in names)
+        )
+        secrets = dict(zip(names, found, strict=True))
+        values: dict[SecretKey, bytes] = {}
+        missing_secrets: dict[str, str] = {}
+        missing_keys: list[str] = []
+        for ref in refs:
+            data = secrets[ref.name]
+            if data is None:
+                missing_secrets.setdefault(ref.name, ref.field)
+            elif ref.key not in data:
+                missing_keys.append(
+                    f'Secret "{ref.name}" has no key "{ref.key}" (referenced by {ref.field})'
+                )
+            else:
+                values[(ref.name, ref.key)] = data[ref.key]
+        record.secret_digests = {
+            (ref.name, ref.key): _digest_of(secrets[ref.name], ref.key) for ref in refs
+        }
+        messages = [
+            f'Secret "{name}" not found in namespace "{owner.namespace}" (referenced by {where})'
+            for name, where in sorted(missing_secrets.items())
+        ] + missing_keys
+        if not messages:
+            return values, None
+        reason = "SecretMissing" if missing_secrets else "SecretKeyMissing"
+        return values, status.Problem(reason, "; ".join(messages) + ".")
+
+    async def _apply(
+        self,
+        owner: Owner,
+        values: Mapping[SecretKey, bytes],
+        known_children: Iterable[ChildRef],
+        record: OwnerRecord,
+        previous: Mapping[str, Any],
+        first: bool,
+    ) -> None:
+        config = builders.build_config(spec=owner.spec, namespace=owner.namespace)
+        config_text = builders.render_config(config, owner=owner)
+        config_hash = builders.config_hash(config_text=config_text, secret_values=values)
+        monitors = await self.api.served(kind=SERVICE_MONITOR)
+        children = builders.build_children(
+            owner=owner,
+            default_image=self.settings.receiver_image,
+            config_text=config_text,
+            config_hash=config_hash,
+            service_monitors_available=monitors,
+            image_pull_policy=self.settings.receiver_image_pull_policy or None,
+        )
+
+        deployment: Mapping[str, Any] = {}
+        for manifest in children.manifests:
+            kind = KINDS_BY_NAME[manifest["kind"]]
+            body = await self.api.apply(manifest, kind=kind)
+            self.ledger.record_applied(kind=kind.kind, owner=owner.key, body=body)
+            if kind is DEPLOYMENT:
+                deployment = body
+
+        name = builders.child_name(owner.name)
+        known = set(known_children) | {
+            (kind, child) for kind, _, child in self.ledger.children_of(owner.key)
+        }
+        for kind in sorted(children.unwanted, key=lambda k: k.kind):
+            # ServiceMonitors are not watched, so after a restart only a delete
+            # attempt can tell whether one is left over.
+            unknown_monitor = kind is SERVICE_MONITOR and monitors and first
+            if (kind.kind, name) in known or unknown_monitor:
+                self.ledger.forget_child((kind.kind, owner.namespace, name))
+                if await self.api.delete(kind=kind, namespace=owner.namespace, name=name):
+                    log.info(
+                        "deleted unwanted child",
+                        namespace=owner.namespace,
+                        name=owner.name,
+                        kind=kind.kind,
+                    )
+
+        new = status.build_status(
+            previous=previous,
+            generation=owner.generation,
+            url=builders.service_url(owner),
+            external_url=builders.external_url(owner),
+            config_hash=config_hash,
+            rollout=status.Rollout.from_deployment(deployment),
+            problem=None,
+            now=self.clock(),
+        )
+        await self._write_status(owner, record, previous, new)
+
+        was_degraded = status.carried_problem(previous) is not None
+        if (
+            previous.get("observedGeneration") != owner.generation
+            or previous.get("configHash") != config_hash
+            or was_degraded
+        ):
+            kinds = ", ".join(manifest["kind"] for manifest in children.manifests)
+            self._event(
+                owner,
+                "Normal",
+                "Applied",
+                f"Applied {kinds} for generation {owner.generation} "
+                f"(receiver config {config_hash[:12]}).",
+            )
+        if children.skipped_service_monitor and previous.get("observedGeneration") != (
+            owner.generation
+        ):
+            self._event(
+                owner,
+                "Warning",
+                "ServiceMonitorSkipped",
+                "spec.serviceMonitor.enabled is true but the cluster does not serve "
+                "monitoring.coreos.com/v1 ServiceMonitors (is the Prometheus Operator installed?).",
+            )
+
+    async def _report_problem(
+        self,
+        owner: Owner,
+        record: OwnerRecord,
+        previous: Mapping[str, Any],
+        problem: status.Problem,
+    ) -> None:
+        new = status.build_status(
+            previous=previous,
+            generation=owner.generation,
+            url=builders.service_url(owner),
+            external_url=builders.external_url(owner),
+            config_hash=None,
+            rollout=None,
+            problem=problem,
+            now=self.clock(),
+        )
+        if status.carried_problem(previous) != status.carried_problem(new):
+            self._event(owner, "Warning", problem.reason, problem.message)
+        try:
+            await self._write_status(owner, record, previous, new)
+        except ApiError as error:
+            # The API may be what failed in the first place; the retry reports it.
+            log.warning(
+                "status not written",
+                namespace=owner.namespace,
+                name=owner.name,
+                error=str(error),
+            )
+
+    async def _write_status(
+        self,
+        owner: Owner,
+        record: OwnerRecord,
+        previous: Mapping[str, Any],
+        new: dict[str, Any],
+    ) -> None:
+        patch = status.merge_patch(previous, new)
+        if patch is not None:
+            await self.api.patch_status(namespace=owner.namespace, name=owner.name, status=patch)
+        record.status = new
+
+    # -- reactions --
+
+    async def _repair(
+        self, owner: Owner, known_children: Iterable[ChildRef], child: ChildKey, reason: str
+    ) -> None:
+        kind, _, name = child
+        self.metrics.drift_repairs.labels(kind=kind).inc()
+        log.info("child drifted", namespace=owner.namespace, name=owner.name, kind=kind, why=reason)
+        problem = await self._reconcile(owner, known_children, "drift")
+        if problem is None:
+            self._event(
+                owner,
+                "Normal",
+                "Restored",
+                f"{kind} {name} was changed outside the operator ({reason}); put it back.",
+            )
+
+    async def _refresh(
+        self, owner: Owner, record: OwnerRecord, deployment: Mapping[str, Any]
+    ) -> None:
+        previous = record.status if record.status is not None else dict(owner.status)
+        if "observedGeneration" not in previous:
+            return
+        new = status.refresh_status(
+            previous, rollout=status.Rollout.from_deployment(deployment), now=self.clock()
+        )
+        try:
+            await self._write_status(owner, record, previous, new)
+        except ApiError as error:
+            log.warning(
+                "status not written", namespace=owner.namespace, name=owner.name, error=str(error)
+            )
+
+    async def _owner_alive(self, owner: Owner) -> bool:
+        try:
+            body = await self.api.read_owner(namespace=owner.namespace, name=owner.name)
+        except ApiError:
+            return False
+        if body is None:
+            return False
+        meta = body.get("metadata") or {}
+        return bool(meta.get("uid") == owner.uid and not meta.get("deletionTimestamp"))
+
+    # -- events, off the reconcile's path --
+
+    def _event(self, owner: Owner, event_type: str, reason: str, message: str) -> None:
+        self._spawn(
+            self.api.post_event(
+                owner={"namespace": owner.namespace, "name": owner.name, "uid": owner.uid},
+                event_type=event_type,
+                reason=reason,
+                message=message,
+                now=self.clock(),
+            )
+        )
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            try:
+                await coro
+            except Exception as error:  # an Event lost is not worth failing anything for
+                log.warning("event not posted", error=str(error))
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+def _generation(body: Mapping[str, Any]) -> int:
+    return int((body.get("metadata") or {}).get("generation") or 0)
+
+
+def _digest_of(data: Mapping[str, bytes] | None, key: str) -> str | None:
+    if data is None or key not in data:
+        return None
+    return digest(data[key])

@@ -1,0 +1,160 @@
+"""Names and coordinates of the Kubernetes resources the operator deals with.
+
+One table of kinds (API group, version, plural) shared by the pure builders
+(`builders`), the only module that talks to the API server (`kubeapi`) and the
+kopf registrations (`handlers`), so a kind is spelled the same way everywhere.
+`Owner` is the read-only view of one MailtrapWebhook that everything else is
+given instead of a raw kopf body.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+GROUP: Final = "mailtrap.io"
+VERSION: Final = "v1alpha1"
+API_VERSION: Final = f"{GROUP}/{VERSION}"
+KIND: Final = "MailtrapWebhook"
+PLURAL: Final = "mailtrapwebhooks"
+
+# Who we are to the API server (field manager, event source) and to people
+# reading labels.
+OPERATOR_NAME: Final = "mailtrap-webhook-operator"
+FIELD_MANAGER: Final = OPERATOR_NAME
+
+# Annotations written by kopf for its own bookkeeping (progress of retried
+# handlers, the last handled spec). Our own prefix, so they read as ours.
+KOPF_ANNOTATION_PREFIX: Final = "operator.mailtrap.io"
+
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+APP_NAME: Final = "mailtrap-receiver"
+PART_OF: Final = "mailtrap-webhook"
+MANAGED_BY_SELECTOR: Final = f"{LABEL_MANAGED_BY}={OPERATOR_NAME}"
+
+
+@dataclass(frozen=True)
+class Kind:
+    """Where one kind of object lives in the API."""
+
+    kind: str
+    group: str
+    version: str
+    plural: str
+    watched: bool = True  # whether handlers watch it for drift (see handlers)
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, *, namespace: str, name: str | None = None) -> str:
+        """The REST path of a namespaced object (or of the collection when no name)."""
+        root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        path = f"{root}/namespaces/{namespace}/{self.plural}"
+        return f"{path}/{name}" if name is not None else path
+
+
+CONFIG_MAP: Final = Kind("ConfigMap", "", "v1", "configmaps")
+SERVICE: Final = Kind("Service", "", "v1", "services")
+DEPLOYMENT: Final = Kind("Deployment", "apps", "v1", "deployments")
+INGRESS: Final = Kind("Ingress", "networking.k8s.io", "v1", "ingresses")
+POD_DISRUPTION_BUDGET: Final = Kind("PodDisruptionBudget", "policy", "v1", "poddisruptionbudgets")
+NETWORK_POLICY: Final = Kind("NetworkPolicy", "networking.k8s.io", "v1", "networkpolicies")
+# Not watched: the CRD may be missing when the operator starts, and kopf would
+# then have nothing to watch. Reconciles still apply and prune it.
+SERVICE_MONITOR: Final = Kind(
+    "ServiceMonitor", "monitoring.coreos.com", "v1", "servicemonitors", watched=False
+)
+
+CHILD_KINDS: Final[tuple[Kind, ...]] = (
+    CONFIG_MAP,
+    SERVICE,
+    DEPLOYMENT,
+    INGRESS,
+    POD_DISRUPTION_BUDGET,
+    NETWORK_POLICY,
+    SERVICE_MONITOR,
+)
+KINDS_BY_NAME: Final[Mapping[str, Kind]] = {kind.kind: kind for kind in CHILD_KINDS}
+
+MAILTRAP_WEBHOOK: Final = Kind(KIND, GROUP, VERSION, PLURAL, watched=False)
+SECRET: Final = Kind("Secret", "", "v1", "secrets", watched=False)
+EVENT: Final = Kind("Event", "", "v1", "events", watched=False)
+
+OwnerKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """One MailtrapWebhook as the operator works from it: a snapshot, never live."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: Mapping[str, Any]
+    status: Mapping[str, Any] = field(default_factory=dict)
+    deleting: bool = False
+
+    @property
+    def key(self) -> OwnerKey:
+        return (self.namespace, self.name)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Owner:
+        """Snapshot a kopf body (or any dict of the object): later events do not change it."""
+        meta = body.get("metadata") or {}
+        return cls(
+            namespace=str(meta.get("namespace", "")),
+            name=str(meta.get("name", "")),
+            uid=str(meta.get("uid", "")),
+            generation=int(meta.get("generation") or 0),
+            spec=copy.deepcopy(dict(body.get("spec") or {})),
+            status=copy.deepcopy(dict(body.get("status") or {})),
+            deleting=meta.get("deletionTimestamp") is not None,
+        )
+
+    def owner_reference(self) -> dict[str, Any]:
+        """The reference every child carries: garbage collection deletes them with us."""
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+
+
+def controller_owner(body: Mapping[str, Any]) -> tuple[OwnerKey, str] | None:
+    """The MailtrapWebhook (key and uid) that controls a child, from its ownerReferences."""
+    meta = body.get("metadata") or {}
+    for ref in meta.get("ownerReferences") or ():
+        if (
+            ref.get("controller")
+            and ref.get("kind") == KIND
+            and ref.get("apiVersion") == (API_VERSION)
+        ):
+            return (str(meta.get("namespace", "")), str(ref.get("name", ""))), str(
+                ref.get("uid", "")
+            )
+    return None
+
+
+def decode_secret_data(data: Mapping[str, Any]) -> dict[str, bytes]:
+    """A Secret's ``data`` (base64 values) decoded; undecodable entries are left out."""
+    values: dict[str, bytes] = {}
+    for key, encoded in data.items():
+        try:
+            values[str(key)] = base64.b64decode(str(encoded), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+    return values

@@ -1,0 +1,186 @@
+"""Operator settings, from command-line flags and ``MAILTRAP_OPERATOR_*`` variables.
+
+A flag wins over its variable, which wins over the default. `cli` parses them
+once and hands the frozen `Settings` to `logs`, `handlers` (kopf's own
+settings: namespaces, peering) and `reconciler` (the default receiver image).
+The Kubernetes credentials are not settings: in a Pod the ServiceAccount is
+used, elsewhere ``$KUBECONFIG`` (see `kubeapi`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from . import __version__
+
+ENV_PREFIX: Final = "MAILTRAP_OPERATOR_"
+# The Helm chart passes its own image (which runs both programs) instead.
+DEFAULT_RECEIVER_IMAGE: Final = f"mailtrap-webhook-operator:{__version__}"
+LOG_FORMATS: Final = ("json", "console")
+LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+PULL_POLICIES: Final = ("", "Always", "IfNotPresent", "Never")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    receiver_image: str = DEFAULT_RECEIVER_IMAGE
+    receiver_image_pull_policy: str = ""
+    log_format: str = "json"
+    log_level: str = "info"
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - the probe and Prometheus come from outside
+    metrics_port: int = 8080
+    peering_name: str = ""  # empty: standalone, no kopf peering
+    priority: int = 0
+    api_workers: int = 8
+    discovery_ttl: float = 60.0
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+    @property
+    def standalone(self) -> bool:
+        return not self.peering_name
+
+
+def _env(environ: Mapping[str, str], name: str, default: str) -> str:
+    return environ.get(ENV_PREFIX + name, default)
+
+
+def _namespaces(text: str) -> tuple[str, ...]:
+    names = tuple(sorted({part.strip() for part in text.split(",") if part.strip()}))
+    for name in names:
+        if len(name) > 63 or not _NAMESPACE.match(name):
+            raise argparse.ArgumentTypeError(f"{name!r} is not a namespace name")
+    return names
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port number")
+    return value
+
+
+def _optional_int(text: str) -> int | None:
+    return int(text) if text.strip() else None
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    env = os.environ if environ is None else environ
+    parser = argparse.ArgumentParser(
+        prog="mailtrap-operator",
+        description=(
+            "Reconcile MailtrapWebhook resources into webhook receivers. Every flag can also "
+            f"be set as {ENV_PREFIX}<FLAG> (upper case, dashes as underscores)."
+        ),
+    )
+    parser.add_argument(
+        "--namespaces",
+        type=_namespaces,
+        default=_env(env, "NAMESPACES", ""),
+        help="comma-separated namespaces to watch; every namespace when empty (default)",
+    )
+    parser.add_argument(
+        "--receiver-image",
+        default=_env(env, "RECEIVER_IMAGE", DEFAULT_RECEIVER_IMAGE),
+        help="receiver image for resources without spec.image (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--receiver-image-pull-policy",
+        choices=PULL_POLICIES,
+        default=_env(env, "RECEIVER_IMAGE_PULL_POLICY", ""),
+        help="pull policy for resources without spec.imagePullPolicy (default: the cluster's)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default=_env(env, "LOG_FORMAT", "json"),
+        help="json: one object per line (default); console: for people",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=_env(env, "LOG_LEVEL", "info").lower(),
+        help="lowest level logged (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-host",
+        default=_env(env, "METRICS_HOST", "0.0.0.0"),  # noqa: S104
+        help="address of /metrics and /healthz (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=_env(env, "METRICS_PORT", "8080"),
+        help="port of /metrics and /healthz (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--peering-name",
+        default=_env(env, "PEERING_NAME", ""),
+        help="kopf peering object for running several replicas (one active); "
+        "standalone when empty (default)",
+    )
+    parser.add_argument(
+        "--priority",
+        type=_optional_int,
+        default=_env(env, "PRIORITY", ""),
+        help="kopf peering priority; random when unset, so replicas never tie",
+    )
+    parser.add_argument(
+        "--api-workers",
+        type=_positive,
+        default=_env(env, "API_WORKERS", "8"),
+        help="concurrent Kubernetes API requests (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--discovery-ttl",
+        type=float,
+        default=_env(env, "DISCOVERY_TTL", "60"),
+        help="seconds the ServiceMonitor API check is cached (default: %(default)s)",
+    )
+    return parser
+
+
+def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    parser = build_parser(environ)
+    args = parser.parse_args(argv)
+    # String defaults (from the environment) go through ``type`` like flags do,
+    # but ``choices`` are only checked for flags: check those here.
+    priority = args.priority if args.priority is not None else random.randint(1, 2**30)  # noqa: S311
+    if args.log_level not in LOG_LEVELS:
+        parser.error(f"log level {args.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if args.log_format not in LOG_FORMATS:
+        parser.error(f"log format {args.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+    if args.receiver_image_pull_policy not in PULL_POLICIES:
+        parser.error(f"pull policy {args.receiver_image_pull_policy!r} is not valid")
+    if not args.receiver_image:
+        parser.error("the receiver image must not be empty")
+    return Settings(
+        namespaces=tuple(args.namespaces),
+        receiver_image=args.receiver_image,
+        receiver_image_pull_policy=args.receiver_image_pull_policy,
+        log_format=args.log_format,
+        log_level=args.log_level,
+        metrics_host=args.metrics_host,
+        metrics_port=int(args.metrics_port),
+        peering_name=args.peering_name.strip(),
+        priority=int(priority),
+        api_workers=int(args.api_workers),
+        discovery_ttl=float(args.discovery_ttl),
+    )

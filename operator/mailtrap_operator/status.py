@@ -1,0 +1,228 @@
+"""Pure status logic: what a MailtrapWebhook's ``status`` should say.
+
+`reconciler` calls `build_status` after each reconcile (with the problem it
+met, if any) and `refresh_status` when only the receiver Deployment's status
+moved, then writes the difference that `merge_patch` computes through
+`kubeapi`. Nothing here performs I/O; the clock comes in as an argument.
+
+Conditions follow the Kubernetes conventions: ``Ready``, ``Progressing`` and
+``Degraded``, each with a CamelCase reason, a message for people,
+``observedGeneration``, and a ``lastTransitionTime`` that only moves when the
+condition's status does.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+READY: Final = "Ready"
+PROGRESSING: Final = "Progressing"
+DEGRADED: Final = "Degraded"
+CONDITION_TYPES: Final = (READY, PROGRESSING, DEGRADED)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why the spec could not be (fully) applied; it becomes the Degraded condition."""
+
+    reason: str
+    message: str
+    permanent: bool = False  # retrying cannot help until the spec changes
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The parts of a Deployment's spec and status that readiness depends on."""
+
+    desired: int
+    current: int
+    ready: int
+    updated: int
+    observed: bool  # the Deployment controller has seen the latest template
+
+    @classmethod
+    def from_deployment(cls, body: Mapping[str, Any]) -> Rollout:
+        meta = body.get("metadata") or {}
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        return cls(
+            desired=int(spec.get("replicas", 1)),
+            current=int(status.get("replicas") or 0),
+            ready=int(status.get("readyReplicas") or 0),
+            updated=int(status.get("updatedReplicas") or 0),
+            observed=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
+        )
+
+    @property
+    def complete(self) -> bool:
+        return (
+            self.observed
+            and self.updated >= self.desired
+            and self.current == self.updated
+            and self.ready >= self.desired
+        )
+
+
+def timestamp(now: datetime.datetime) -> str:
+    return now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
+    for item in status.get("conditions") or ():
+        if item.get("type") == kind:
+            return dict(item)
+    return None
+
+
+def carried_problem(status: Mapping[str, Any]) -> Problem | None:
+    """The problem a previous status reported, to keep it when only replicas moved."""
+    degraded = condition(status, DEGRADED)
+    if degraded is None or degraded.get("status") != "True":
+        return None
+    return Problem(str(degraded.get("reason", "")), str(degraded.get("message", "")))
+
+
+def _condition(
+    previous: Mapping[str, Any],
+    *,
+    kind: str,
+    value: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    text = "True" if value else "False"
+    before = condition(previous, kind)
+    changed = before is None or before.get("status") != text or not before.get("lastTransitionTime")
+    return {
+        "type": kind,
+        "status": text,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": (
+            timestamp(now) if changed or before is None else before["lastTransitionTime"]
+        ),
+        "observedGeneration": generation,
+    }
+
+
+def _pods(count: int) -> str:
+    return f"{count} receiver Pod" + ("" if count == 1 else "s")
+
+
+def build_status(
+    *,
+    previous: Mapping[str, Any],
+    generation: int,
+    url: str,
+    external_url: str | None,
+    config_hash: str | None,
+    rollout: Rollout | None,
+    problem: Problem | None,
+    now: datetime.datetime,
+) -> dict[str, Any]:
+    """The whole status for one observed generation.
+
+    Without a rollout (the Deployment is not known yet, or the reconcile stopped
+    before it), replica counts are carried over from ``previous``.
+    """
+    conditions = []
+    if problem is not None:
+        ready = (False, problem.reason, problem.message)
+        progressing = (False, "Blocked", f"Not applied: {problem.message}")
+        degraded = (True, problem.reason, problem.message)
+    else:
+        degraded = (False, "AsExpected", "The spec is applied.")
+        if rollout is None:
+            ready = (False, "Deploying", "Waiting for the receiver Deployment.")
+            progressing = (True, "Deploying", "Waiting for the receiver Deployment.")
+        else:
+            ready = _readiness(rollout)
+            progressing = _progress(rollout)
+    for kind, (value, reason, message) in (
+        (READY, ready),
+        (PROGRESSING, progressing),
+        (DEGRADED, degraded),
+    ):
+        conditions.append(
+            _condition(
+                previous,
+                kind=kind,
+                value=value,
+                reason=reason,
+                message=message,
+                generation=generation,
+                now=now,
+            )
+        )
+
+    status: dict[str, Any] = {
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "replicas": rollout.current if rollout else int(previous.get("replicas") or 0),
+        "readyReplicas": rollout.ready if rollout else int(previous.get("readyReplicas") or 0),
+        "url": url,
+    }
+    if external_url:
+        status["externalURL"] = external_url
+    hash_value = config_hash if config_hash is not None else previous.get("configHash")
+    if hash_value:
+        status["configHash"] = hash_value
+    return status
+
+
+def refresh_status(
+    previous: Mapping[str, Any], *, rollout: Rollout, now: datetime.datetime
+) -> dict[str, Any]:
+    """The status after the Deployment's status moved: same generation, same problem."""
+    return build_status(
+        previous=previous,
+        generation=int(previous.get("observedGeneration") or 0),
+        url=str(previous.get("url") or ""),
+        external_url=previous.get("externalURL"),
+        config_hash=previous.get("configHash"),
+        rollout=rollout,
+        problem=carried_problem(previous),
+        now=now,
+    )
+
+
+def _readiness(rollout: Rollout) -> tuple[bool, str, str]:
+    if rollout.desired == 0:
+        return False, "ScaledToZero", "spec.replicas is 0: no receiver Pod runs."
+    counts = f"{rollout.ready}/{rollout.desired} receiver Pods are Ready."
+    if rollout.ready >= rollout.desired:
+        return True, "ReceiverReady", counts
+    return False, "PodsNotReady", counts
+
+
+def _progress(rollout: Rollout) -> tuple[bool, str, str]:
+    if rollout.complete:
+        return False, "RolloutComplete", f"{_pods(rollout.desired)} run the current spec."
+    return (
+        True,
+        "RollingOut",
+        f"{rollout.updated}/{rollout.desired} receiver Pods run the current spec, "
+        f"{rollout.ready} Ready.",
+    )
+
+
+def merge_patch(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A JSON merge patch from ``previous`` to ``new`` (top level), or None when equal."""
+    patch: dict[str, Any] = {
+        key: copy.deepcopy(value) for key, value in new.items() if previous.get(key) != value
+    }
+    for key in previous:
+        if key not in new:
+            patch[key] = None  # merge-patch null removes the key
+    return patch or None
+
+
+def ready_changed(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    before, after = condition(previous, READY), condition(new, READY)
+    return (before or {}).get("status") != (after or {}).get("status")
