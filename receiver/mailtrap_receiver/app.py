@@ -10,7 +10,8 @@ this order (the first failing step answers):
 4. basic auth, when configured (`auth.BasicAuth`, 401);
 5. the body, read as a stream and refused past ``maxBodySize`` (413);
 6. the signature over the raw body (`auth.signature_matches`, 401);
-7. the format (`parsing.parse_events`: 415 unsupported type, 400 unparseable);
+7. the format (`parsing.parse_events`: 415 unsupported type or any
+   Content-Encoding but identity, 400 unparseable);
 8. each object is classified (`events.classify`); valid events go to the sink
    (`sinks.Sink`: 503 when it cannot take them, 429 when it is full) and then
    invalid ones to the dead-letter store (`deadletters.DeadLetterStore`).
@@ -20,7 +21,8 @@ every error is ``{"error": code, "detail": text}``. `request_middleware` turns
 rejections into those JSON errors, counts every response in `metrics.Metrics` and
 writes the one log line per request. Resources live in ``cleanup_ctx``: the sink is
 started before the first request and closed after the last in-flight one, and the
-secret files are polled for changes meanwhile. The health and metrics port is a
+secret files are polled for changes meanwhile. Whatever serves the app passes it
+`RUNNER_OPTIONS` (no automatic decompression). The health and metrics port is a
 separate app (`admin.create_admin_app`); `server` runs both.
 """
 
@@ -61,10 +63,19 @@ _HTTP_ERROR_CODES: Final = {
     405: "method_not_allowed",
     413: "body_too_large",
 }
+# Options for the AppRunner (or test server) that serves this app. Mailtrap does not
+# compress bodies; leaving decompression on would let a bad Content-Encoding fail in
+# aiohttp's parser, before any handler, with a plain-text 400, and would sign-check
+# decompressed bytes of unbounded size. Off, such requests get a JSON 415 here.
+RUNNER_OPTIONS: Final[Mapping[str, Any]] = {"auto_decompress": False}
 # Mailtrap and proxies may honour it; a second is enough for a load spike to pass.
 _RETRY_AFTER: Final = {"Retry-After": "1"}
 _BASIC_CHALLENGE: Final = {"WWW-Authenticate": 'Basic realm="mailtrap-webhook"'}
 _NO_EVENTS: Final = SubmitResult()
+# A sender that stops mid-body would otherwise hold an in-flight slot for ever (a
+# slow-body attack needs no credentials: the signature covers the body). Mailtrap
+# sends a body of at most a few hundred KiB at once.
+BODY_READ_TIMEOUT: Final = 30.0
 
 log = structlog.get_logger("mailtrap_receiver.app")
 
@@ -142,8 +153,11 @@ def request_middleware(*, metrics: Metrics) -> Callable[..., Awaitable[web.Strea
     return middleware
 
 
-async def read_body(request: web.Request, *, limit: int) -> bytes:
-    """The request body, read as a stream; 413 as soon as it passes ``limit`` bytes."""
+async def read_body(
+    request: web.Request, *, limit: int, within: float = BODY_READ_TIMEOUT
+) -> bytes:
+    """The request body, read as a stream; 413 as soon as it passes ``limit`` bytes,
+    400 when it has not all arrived ``within`` seconds."""
     length = request.content_length
     if length is not None and length > limit:
         raise Rejected(413, "body_too_large", f"the body is larger than {limit} bytes")
@@ -151,18 +165,25 @@ async def read_body(request: web.Request, *, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     try:
-        while True:
-            # Never ask for more than one byte past the limit: nothing is buffered
-            # beyond it, and one extra byte proves the body is too large.
-            chunk = await content.read(limit + 1 - size)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > limit:
-                raise Rejected(413, "body_too_large", f"the body is larger than {limit} bytes")
-            chunks.append(chunk)
-    except (HttpProcessingError, ConnectionError) as error:
-        raise Rejected(400, "malformed_body", f"the body could not be read: {error}") from None
+        async with asyncio.timeout(within):
+            while True:
+                # Never ask for more than one byte past the limit: nothing is buffered
+                # beyond it, and one extra byte proves the body is too large.
+                chunk = await content.read(limit + 1 - size)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise Rejected(413, "body_too_large", f"the body is larger than {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise Rejected(
+            400, "malformed_body", f"the body did not arrive within {within:g}s"
+        ) from None
+    except (web.RequestPayloadError, HttpProcessingError, ConnectionError):
+        # A broken chunked encoding or a peer gone mid-body: the sender's fault,
+        # and nothing to log but the status.
+        raise Rejected(400, "malformed_body", "the body could not be read") from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -180,6 +201,7 @@ class WebhookHandler:
         signing: SecretFile,
         basic_auth: BasicAuth | None,
         gate: SourceGate | None,
+        body_read_timeout: float,
     ) -> None:
         self._metrics = metrics
         self._lifecycle = lifecycle
@@ -189,6 +211,7 @@ class WebhookHandler:
         self._basic_auth = basic_auth
         self._gate = gate
         self._max_body_size = config.max_body_size
+        self._body_read_timeout = body_read_timeout
         self._max_in_flight = config.max_in_flight_requests
         self._redact_emails = config.logging.redact_emails
         self._in_flight = 0
@@ -226,12 +249,19 @@ class WebhookHandler:
                 raise self._refuse(
                     401, reason, "valid basic auth credentials are required", _BASIC_CHALLENGE
                 )
-        body = await read_body(request, limit=self._max_body_size)
+        body = await read_body(request, limit=self._max_body_size, within=self._body_read_timeout)
         signature = headers.get("Mailtrap-Signature") or headers.get("X-Mailtrap-Signature")
         if signature is None:
             raise self._refuse(401, "signature_missing", "the Mailtrap-Signature header is missing")
         if not signature_matches(body, signature, self._signing.values):
             raise self._refuse(401, "signature_invalid", "the signature does not match the body")
+        encoding = headers.get("Content-Encoding")
+        if encoding is not None and encoding.strip().lower() not in ("", "identity"):
+            raise Rejected(
+                415,
+                "unsupported_media_type",
+                "compressed bodies (Content-Encoding) are not accepted",
+            )
         content_type = headers.get("Content-Type")
         try:
             items = parse_events(body, content_type=content_type)
@@ -293,6 +323,7 @@ def create_app(
     sink: Sink | None = None,
     dead_letters: DeadLetterStore | None = None,
     secret_poll_interval: float = 1.0,
+    body_read_timeout: float = BODY_READ_TIMEOUT,
 ) -> web.Application:
     """The webhook app for ``config``.
 
@@ -330,6 +361,7 @@ def create_app(
         signing=signing,
         basic_auth=basic_auth,
         gate=gate,
+        body_read_timeout=body_read_timeout,
     )
     app = web.Application(
         middlewares=[request_middleware(metrics=metrics)],

@@ -22,7 +22,7 @@ import structlog
 from aiohttp import web
 
 from .admin import Lifecycle, create_admin_app
-from .app import create_app
+from .app import RUNNER_OPTIONS, create_app
 from .config import ReceiverConfig
 from .metrics import Metrics
 
@@ -49,7 +49,9 @@ async def serve(
     admin_runner = web.AppRunner(
         create_admin_app(lifecycle=lifecycle, metrics=metrics), access_log=None
     )
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.shutdown_grace_period)
+    runner = web.AppRunner(
+        app, access_log=None, shutdown_timeout=config.shutdown_grace_period, **RUNNER_OPTIONS
+    )
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
