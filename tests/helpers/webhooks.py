@@ -1,0 +1,50 @@
+"""Building webhook requests as Mailtrap sends them: events, bodies and signatures.
+
+Shared by the unit tests (through tests/unit/conftest.py) and the integration tests
+that post to a real receiver process.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import orjson
+
+from mailtrap_receiver.auth import sign
+
+SECRET = b"whsec_unit_test_secret"
+OTHER_SECRET = b"whsec_rotated_in_secret"
+
+
+def delivery_event(**fields: Any) -> dict[str, Any]:
+    """A valid sending event with a fresh event_id; ``fields`` override or add."""
+    return {
+        "event": "delivery",
+        "timestamp": 1_716_915_293,
+        "message_id": str(uuid.uuid4()),
+        "email": "john.doe@example.com",
+        "event_id": str(uuid.uuid4()),
+        "sending_stream": "transactional",
+        **fields,
+    }
+
+
+def json_body(*events: dict[str, Any]) -> bytes:
+    """Mailtrap's JSON format: ``{"events": [...]}``."""
+    return orjson.dumps({"events": list(events)})
+
+
+def jsonl_body(*events: dict[str, Any]) -> bytes:
+    """JSON Lines: one event per line."""
+    return b"".join(orjson.dumps(event) + b"\n" for event in events)
+
+
+def signed_headers(
+    body: bytes, *, secret: bytes = SECRET, content_type: str | None = "application/json"
+) -> dict[str, str]:
+    """Headers of a request Mailtrap signed with ``secret``."""
+    headers = {"Mailtrap-Signature": sign(body, secret=secret)}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    return headers

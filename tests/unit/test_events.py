@@ -1,0 +1,190 @@
+"""The event-name table, family validation, keys and timestamps (events.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from mailtrap_receiver.events import (
+    CANONICAL_EVENTS,
+    WIRE_NAMES,
+    Event,
+    Invalid,
+    canonical_name,
+    classify,
+    content_hash,
+    preferred_wire_name,
+    timestamp_seconds,
+)
+from tests.helpers.webhooks import delivery_event
+
+# Written out by hand from Mailtrap's docs, not derived from WIRE_NAMES, so the table
+# is checked against an independent statement of what Mailtrap sends.
+EXPECTED_NAMES = {
+    "delivery": "delivery",
+    "bounce": "bounce",
+    "soft bounce": "soft_bounce",
+    "soft_bounce": "soft_bounce",
+    "open": "open",
+    "click": "click",
+    "unsubscribe": "unsubscribe",
+    "spam": "spam_complaint",
+    "spam_complaint": "spam_complaint",
+    "suspension": "suspension",
+    "reject": "reject",
+    "inbound.message_received": "inbound",
+    "inbound.something_new": "inbound",
+    "activity_log.user.updated": "audit_log",
+    "activity_log.api_token.created": "audit_log",
+    "Soft Bounce": "soft_bounce",
+    "  SPAM ": "spam_complaint",
+    "deferred": "unknown",
+    "inbound": "inbound",
+    "audit_log": "audit_log",
+    "": "unknown",
+}
+
+
+@pytest.mark.parametrize(("wire", "canonical"), sorted(EXPECTED_NAMES.items()))
+def test_wire_names_map_to_canonical_names(wire: str, canonical: str) -> None:
+    assert canonical_name(wire) == canonical
+
+
+def test_every_table_entry_is_covered_and_canonical() -> None:
+    assert set(WIRE_NAMES) <= set(EXPECTED_NAMES)
+    assert set(WIRE_NAMES.values()) <= set(CANONICAL_EVENTS)
+    # Every canonical name but "unknown" is reachable from some wire name.
+    assert set(WIRE_NAMES.values()) == set(CANONICAL_EVENTS) - {"unknown"}
+
+
+def test_preferred_wire_names_are_what_mailtrap_sends() -> None:
+    assert preferred_wire_name("soft_bounce") == "soft bounce"
+    assert preferred_wire_name("spam_complaint") == "spam"
+    assert preferred_wire_name("delivery") == "delivery"
+    assert preferred_wire_name("inbound").startswith("inbound.")
+    assert preferred_wire_name("audit_log").startswith("activity_log.")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (1_716_915_293, 1_716_915_293.0),
+        (1_716_915_293_123, 1_716_915_293.123),
+        (1_716_915_293.5, 1_716_915_293.5),
+        ("1716915293", 1_716_915_293.0),
+        ("1716915293123", 1_716_915_293.123),
+        ("2024-05-28T16:54:53Z", 1_716_915_293.0),
+        ("2024-05-28T16:54:53+00:00", 1_716_915_293.0),
+        ("2024-05-28T16:54:53", None),  # no zone: ambiguous
+        (True, None),
+        (None, None),
+        (-5, None),
+        (0, None),
+        (float("nan"), None),
+        ("soon", None),
+        ([1], None),
+    ],
+)
+def test_timestamps_are_normalised_to_seconds(value: object, expected: float | None) -> None:
+    result = timestamp_seconds(value)
+    if expected is None:
+        assert result is None
+    else:
+        assert result == pytest.approx(expected)
+
+
+def test_a_valid_sending_event_is_keyed_by_event_id() -> None:
+    data = delivery_event(event="soft bounce")
+    result = classify(data)
+    assert isinstance(result, Event)
+    assert result.name == "soft_bounce"
+    assert result.key == data["event_id"]
+    assert result.data is data
+    assert result.message_id == data["message_id"]
+    assert result.email == "john.doe@example.com"
+
+
+@pytest.mark.parametrize("field", ["timestamp", "message_id", "email", "event_id"])
+def test_sending_events_require_their_fields(field: str) -> None:
+    data = delivery_event()
+    del data[field]
+    result = classify(data)
+    assert isinstance(result, Invalid)
+    assert result.reason == "missing_field"
+    assert field in result.detail
+    assert result.data is data
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("timestamp", "yesterday"), ("timestamp", True), ("email", ""), ("event_id", ["x"])],
+)
+def test_sending_events_with_bad_fields_are_invalid(field: str, value: object) -> None:
+    result = classify(delivery_event(**{field: value}))
+    assert isinstance(result, Invalid)
+    assert result.reason == "invalid_field"
+    assert field in result.detail
+
+
+def test_inbound_events_need_no_email() -> None:
+    data = {
+        "event": "inbound.message_received",
+        "event_id": "3f9c0b0e-8d0a-4c2e-9d7e-1b2f3a4c5d6e",
+        "inbox_id": 2048576,
+        "message_id": "6a1b2c3d",
+        "from": "sender@example.org",
+        "timestamp": 1_716_915_293_123,
+    }
+    result = classify(data)
+    assert isinstance(result, Event)
+    assert result.name == "inbound"
+    assert result.email is None
+    assert result.timestamp == pytest.approx(1_716_915_293.123)
+
+
+def test_inbound_events_still_need_their_own_fields() -> None:
+    result = classify({"event": "inbound.message_received", "timestamp": 1_716_915_293_123})
+    assert isinstance(result, Invalid)
+    assert result.reason == "missing_field"
+
+
+def test_audit_log_events_need_no_ids_and_are_keyed_by_a_stable_hash() -> None:
+    first = classify({"event": "activity_log.user.updated", "actor": {"id": 1, "name": "J"}})
+    reordered = classify({"actor": {"name": "J", "id": 1}, "event": "activity_log.user.updated"})
+    other = classify({"event": "activity_log.user.updated", "actor": {"id": 2, "name": "J"}})
+    assert isinstance(first, Event)
+    assert isinstance(reordered, Event)
+    assert isinstance(other, Event)
+    assert first.name == "audit_log"
+    assert first.key.startswith("sha256:")
+    assert first.key == reordered.key
+    assert first.key != other.key
+
+
+def test_unknown_event_names_are_kept() -> None:
+    result = classify({"event": "deferred", "event_id": "e-1"})
+    assert isinstance(result, Event)
+    assert result.name == "unknown"
+    assert result.key == "e-1"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        ("delivery", "not_object"),
+        ([{"event": "delivery"}], "not_object"),
+        (None, "not_object"),
+        ({"email": "a@example.com"}, "missing_field"),
+        ({"event": 5}, "invalid_field"),
+        ({"event": "  "}, "invalid_field"),
+    ],
+)
+def test_objects_that_are_not_events(data: object, reason: str) -> None:
+    result = classify(data)
+    assert isinstance(result, Invalid)
+    assert result.reason == reason
+    assert result.key == content_hash(data)
+
+
+def test_content_hash_ignores_key_order_only() -> None:
+    assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
+    assert content_hash({"a": 1, "b": [1, 2]}) != content_hash({"a": 1, "b": [2, 1]})
