@@ -1,0 +1,49 @@
+"""Fixtures for the receiver process tests: a real loopback target, and the real
+``mailtrap-receiver serve`` process pointed at it, killed at teardown whatever
+happens."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.processes import ReceiverProcess, start_receiver, write_config
+from tests.helpers.targets import RecordingTarget
+from tests.helpers.webhooks import SECRET
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    path = tmp_path / "secret.txt"
+    path.write_bytes(SECRET + b"\n")
+    return path
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[RecordingTarget]:
+    recording = await RecordingTarget().start()
+    yield recording
+    await recording.close()
+
+
+@pytest.fixture
+def receiver(
+    target: RecordingTarget, secret_file: Path, tmp_path: Path
+) -> Iterator[ReceiverProcess]:
+    config = write_config(
+        tmp_path / "receiver.json",
+        {
+            "path": "/webhooks/mailtrap",
+            "signingSecretFile": secret_file.name,  # relative: resolved beside the config
+            "targets": [{"name": "app", "url": target.url}],
+            "delivery": {"ack": "delivered"},
+            "shutdownGracePeriod": "60s",
+        },
+    )
+    process = start_receiver(config=config)
+    try:
+        yield process
+    finally:
+        process.kill()
