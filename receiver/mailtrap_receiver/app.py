@@ -277,7 +277,6 @@ class WebhookHandler:
                 valid.append(outcome)
                 metrics.event_received(outcome.name)
             else:
-                metrics.invalid_event(outcome.reason)
                 letters.append(
                     DeadLetter(
                         key=outcome.key,
@@ -305,6 +304,9 @@ class WebhookHandler:
         except SinkUnavailable as error:
             raise Rejected(503, "sink_unavailable", str(error), headers=_RETRY_AFTER) from None
         metrics.duplicates_seen(result.duplicates)
+        # Counted once stored: a request refused above is sent again, and counted then.
+        for letter in letters:
+            metrics.invalid_event(letter.reason)
         counts = {
             "accepted": result.accepted,
             "duplicates": result.duplicates,

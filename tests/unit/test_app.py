@@ -479,10 +479,16 @@ async def test_a_failing_target_is_503_and_the_retry_is_forwarded(
     receiver = await make_receiver()
     event = delivery_event()
     target.status = 500
-    await assert_error(await receiver.post_events(event), 503, "sink_unavailable")
+    body = json_body(event, {"event": "delivery"})  # the second is invalid
+    await assert_error(await post(receiver, body), 503, "sink_unavailable")
+    assert await receiver.dead_letters.entries() == []
     target.status = 200
-    response = await receiver.post_events(event)  # Mailtrap's retry: not a duplicate
-    assert await response.json() == {"accepted": 1, "duplicates": 0, "invalid": 0, "filtered": 0}
+    response = await post(receiver, body)  # Mailtrap's retry: not a duplicate
+    assert await response.json() == {"accepted": 1, "duplicates": 0, "invalid": 1, "filtered": 0}
+    assert len(await receiver.dead_letters.entries()) == 1
+    assert (
+        receiver.sample("mailtrap_webhook_invalid_events_total", {"reason": "missing_field"}) == 1
+    )
     assert len(target.received) == 2
     assert (
         receiver.sample(
