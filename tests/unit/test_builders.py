@@ -572,3 +572,20 @@ def test_urls() -> None:
     assert builders.external_url(owner_of(FULL)) == "https://hooks.example.com/hooks/mailtrap"
     assert builders.external_url(owner_of(MINIMAL)) is None
     assert builders.service_url(owner_of(MINIMAL)).endswith("/webhooks/mailtrap")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_examples_make_configs_the_receiver_loads(path: Path, tmp_path: Path) -> None:
+    documents = list(yaml.safe_load_all(path.read_text()))
+    (resource,) = [doc for doc in documents if doc["kind"] == "MailtrapWebhook"]
+    assert "namespace" not in resource["metadata"]
+    secrets = {doc["metadata"]["name"]: doc for doc in documents if doc["kind"] == "Secret"}
+    for ref in builders.secret_refs(resource["spec"]):
+        assert ref.key in secrets[ref.name]["stringData"], f"{path.name}: {ref}"
+    owner = owner_of(resource["spec"], name=resource["metadata"]["name"])
+    text = builders.render_config(
+        builders.build_config(spec=resource["spec"], namespace="mail"), owner=owner
+    )
+    (tmp_path / "config.yaml").write_text(text)
+    load_config(tmp_path / "config.yaml", environ={})
+    builders.validate(owner)
