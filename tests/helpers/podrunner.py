@@ -1,0 +1,247 @@
+"""Run a Deployment's pod template as a local process: what the kubelet would run.
+
+The local cluster's nodes are simulated, so no container ever starts there. This
+runs the container of a Deployment the operator created, as the kubelet would, but
+as a local process, to prove that the operator and the program agree on every
+path, port, flag and key:
+
+- the command is resolved in the venv's bin directory (the image's PATH);
+- env comes from the spec, downward-API fields resolved from the pod metadata;
+- each mounted ConfigMap and Secret is fetched from the cluster and written to a
+  temp dir (only the projected ``items`` when listed), each emptyDir is a temp dir;
+- mount paths are rewritten to those dirs in args, env values and the text of the
+  materialised ConfigMap files (the receiver config names secret files and the
+  spool by their in-Pod paths);
+- each named container port gets a free loopback port, passed by appending the
+  flag that already carries it in args (``--port 8080`` -> ``--port <free>``),
+  plus ``--host 127.0.0.1``;
+- it waits until the readinessProbe's path answers 200 on its mapped port.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.helpers.cluster import LocalCluster, _die_with_parent, free_port
+from tests.helpers.kube import get
+
+BIN_DIR = Path(sys.executable).parent
+# Flags for ports the args do not mention: the receiver's defaults.
+DEFAULT_PORT_FLAGS = {"webhook": "--port", "metrics": "--metrics-port"}
+
+
+@dataclass
+class PodProcess:
+    """One container of a pod template, running locally."""
+
+    process: subprocess.Popen[bytes]
+    command: list[str]
+    ports: dict[str, int]  # container port name -> local port
+    mounts: dict[str, Path]  # in-Pod mount path -> local directory
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def url(self, port: str, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.ports[port]}{path}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, *, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(timeout=10)
+
+
+def _rewriter(mounts: Mapping[str, Path]) -> Any:
+    """Replace in-Pod mount paths by local dirs, in one pass (a local dir may itself
+    be under /tmp, which must not be rewritten again), whole path segments only."""
+    by_path = {path.rstrip("/"): str(local) for path, local in mounts.items()}
+    alternatives = "|".join(re.escape(path) for path in sorted(by_path, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w.\-/])({alternatives})(?=/|$|[^\w.\-])")
+
+    def rewrite(text: str) -> str:
+        return pattern.sub(lambda match: by_path[match.group(1)], text)
+
+    return rewrite
+
+
+def _field(pod_meta: Mapping[str, Any], path: str) -> str:
+    if path in ("metadata.namespace", "metadata.name", "metadata.uid"):
+        return str(pod_meta[path.split(".", 1)[1]])
+    for prefix in ("metadata.labels", "metadata.annotations"):
+        if path.startswith(prefix + "['") and path.endswith("']"):
+            key = path[len(prefix) + 2 : -2]
+            return str(pod_meta[prefix.split(".")[1]].get(key, ""))
+    raise AssertionError(f"the pod runner cannot resolve fieldRef {path}")
+
+
+def _write_items(
+    directory: Path, data: Mapping[str, bytes], items: list[dict[str, Any]] | None
+) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    wanted = items or [{"key": key, "path": key} for key in data]
+    for item in wanted:
+        if item["key"] not in data:
+            raise AssertionError(f"key {item['key']} missing from the mounted object")
+        target = directory / item["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data[item["key"]])
+
+
+def _materialise(
+    cluster: LocalCluster,
+    namespace: str,
+    volume: Mapping[str, Any],
+    directory: Path,
+) -> str | None:
+    """Write one volume's files into ``directory``; the kind of volume, or None if empty."""
+    if "configMap" in volume:
+        source = volume["configMap"]
+        obj = get(cluster, "configmap", source["name"], namespace=namespace)
+        assert obj is not None, f"ConfigMap {source['name']} is missing"
+        data = {key: value.encode() for key, value in (obj.get("data") or {}).items()}
+        _write_items(directory, data, source.get("items"))
+        return "configMap"
+    if "secret" in volume:
+        source = volume["secret"]
+        obj = get(cluster, "secret", source["secretName"], namespace=namespace)
+        assert obj is not None, f"Secret {source['secretName']} is missing"
+        data = {key: base64.b64decode(value) for key, value in (obj.get("data") or {}).items()}
+        _write_items(directory, data, source.get("items"))
+        return "secret"
+    if "emptyDir" in volume:
+        directory.mkdir(parents=True, exist_ok=True)
+        return None
+    raise AssertionError(f"the pod runner does not support volume {volume}")
+
+
+def _port_flags(args: list[str], ports: list[dict[str, Any]]) -> dict[str, str]:
+    flags: dict[str, str] = {}
+    for port in ports:
+        number = str(port["containerPort"])
+        for index, arg in enumerate(args):
+            if arg.startswith("--") and "=" in arg and arg.split("=", 1)[1] == number:
+                flags[port["name"]] = arg.split("=", 1)[0]
+            elif arg.startswith("--") and index + 1 < len(args) and args[index + 1] == number:
+                flags[port["name"]] = arg
+        flags.setdefault(port["name"], DEFAULT_PORT_FLAGS[port["name"]])
+    return flags
+
+
+def start_pod_template(
+    *,
+    cluster: LocalCluster,
+    deployment: Mapping[str, Any],
+    workdir: Path,
+    container: str | None = None,
+    ready_timeout: float = 60.0,
+) -> PodProcess:
+    namespace = deployment["metadata"]["namespace"]
+    template = deployment["spec"]["template"]
+    pod_spec = template["spec"]
+    spec = next(c for c in pod_spec["containers"] if container is None or c["name"] == container)
+    pod_meta = {
+        "namespace": namespace,
+        "name": f"{deployment['metadata']['name']}-local",
+        "uid": "00000000-0000-0000-0000-000000000000",
+        "labels": template["metadata"].get("labels") or {},
+        "annotations": template["metadata"].get("annotations") or {},
+    }
+
+    volumes = {volume["name"]: volume for volume in pod_spec.get("volumes") or ()}
+    mounts: dict[str, Path] = {}
+    config_dirs: list[Path] = []
+    for mount in spec.get("volumeMounts") or ():
+        local = workdir / "mounts" / mount["name"]
+        kind = _materialise(cluster, namespace, volumes[mount["name"]], local)
+        mounts[mount["mountPath"]] = local
+        if kind == "configMap":
+            config_dirs.append(local)
+    rewrite = _rewriter(mounts)
+    # The config names its secret files and spool by in-Pod paths: point them here.
+    for directory in config_dirs:
+        for path in directory.rglob("*"):
+            if path.is_file():
+                path.write_text(rewrite(path.read_text()))
+
+    env = {
+        "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HOME": str(workdir),
+        "LANG": "C.UTF-8",
+    }
+    for item in spec.get("env") or ():
+        if "value" in item:
+            env[item["name"]] = rewrite(str(item["value"]))
+        elif "fieldRef" in (item.get("valueFrom") or {}):
+            env[item["name"]] = _field(pod_meta, item["valueFrom"]["fieldRef"]["fieldPath"])
+        else:
+            raise AssertionError(f"the pod runner cannot resolve env {item}")
+
+    args = [rewrite(arg) for arg in spec.get("args") or ()]
+    command = [str(BIN_DIR / spec["command"][0]), *spec["command"][1:], *args]
+    ports = {port["name"]: free_port() for port in spec.get("ports") or ()}
+    for name, flag in _port_flags(list(spec.get("args") or ()), spec.get("ports") or []).items():
+        command += [flag, str(ports[name])]
+    command += ["--host", "127.0.0.1"]
+
+    cwd = workdir / "cwd"
+    cwd.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / f"{spec['name']}.log"
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            preexec_fn=_die_with_parent,
+        )
+    pod = PodProcess(process, command, ports, mounts, log_path, env)
+
+    probe = (spec.get("readinessProbe") or {}).get("httpGet")
+    assert probe, "the container has no HTTP readinessProbe to wait for"
+    port = probe["port"]
+    if isinstance(port, int):
+        port = next(p["name"] for p in spec["ports"] if p["containerPort"] == port)
+    ready_url = pod.url(port, probe.get("path", "/"))
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{command} exited with {process.returncode}:\n{pod.log()}")
+        with (
+            contextlib.suppress(urllib.error.URLError, OSError),
+            urllib.request.urlopen(ready_url, timeout=2) as response,  # noqa: S310
+        ):
+            if response.status == 200:
+                return pod
+        time.sleep(0.1)
+    pod.stop()
+    raise AssertionError(f"{ready_url} was not ready in {ready_timeout}s:\n{pod.log()}")
+
+
+@contextlib.contextmanager
+def running_pod_template(**kwargs: Any) -> Iterator[PodProcess]:
+    pod = start_pod_template(**kwargs)
+    try:
+        yield pod
+    finally:
+        pod.stop()
