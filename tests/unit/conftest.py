@@ -3,7 +3,7 @@ a factory for the webhook app under pytest-aiohttp's test client."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -15,22 +15,13 @@ from mailtrap_receiver.app import RUNNER_OPTIONS, create_app
 from mailtrap_receiver.config import ReceiverConfig, parse_config
 from mailtrap_receiver.deadletters import MemoryDeadLetterStore
 from mailtrap_receiver.metrics import Metrics
+from tests.helpers import fixtures
 from tests.helpers.targets import RecordingTarget
 from tests.helpers.webhooks import SECRET, json_body, signed_headers
 
-
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    path = tmp_path / "signing-secret"
-    path.write_bytes(SECRET + b"\n")
-    return path
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[RecordingTarget]:
-    recording = await RecordingTarget().start()
-    yield recording
-    await recording.close()
+# Shared fixtures, registered here by name.
+secret_file = fixtures.secret_file
+target = fixtures.target
 
 
 class Receiver:

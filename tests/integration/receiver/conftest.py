@@ -4,28 +4,18 @@ happens."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import fixtures
 from tests.helpers.processes import ReceiverProcess, start_receiver, write_config
 from tests.helpers.targets import RecordingTarget
-from tests.helpers.webhooks import SECRET
 
-
-@pytest.fixture
-def secret_file(tmp_path: Path) -> Path:
-    path = tmp_path / "secret.txt"
-    path.write_bytes(SECRET + b"\n")
-    return path
-
-
-@pytest.fixture
-async def target() -> AsyncIterator[RecordingTarget]:
-    recording = await RecordingTarget().start()
-    yield recording
-    await recording.close()
+# Shared fixtures, registered here by name.
+secret_file = fixtures.secret_file
+target = fixtures.target
 
 
 @pytest.fixture

@@ -1,0 +1,31 @@
+"""pytest fixtures shared by the receiver's unit and integration tests.
+
+A conftest.py imports the ones it needs (``from tests.helpers.fixtures import
+secret_file, target``), so each test folder gets them without a root plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.targets import RecordingTarget
+from tests.helpers.webhooks import SECRET
+
+
+@pytest.fixture
+def secret_file(tmp_path: Path) -> Path:
+    """A signing secret file holding `SECRET`."""
+    path = tmp_path / "secret.txt"
+    path.write_bytes(SECRET + b"\n")
+    return path
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[RecordingTarget]:
+    """A real recording HTTP target on loopback, closed after the test."""
+    recording = await RecordingTarget().start()
+    yield recording
+    await recording.close()
