@@ -59,6 +59,11 @@ class ApiError(Exception):
         super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
 
     @property
+    def namespace_terminating(self) -> bool:
+        """Nothing can be created in a namespace that is being deleted: not worth a retry."""
+        return self.status == 403 and "is being terminated" in self.message
+
+    @property
     def rejected(self) -> bool:
         """The server refused the object itself: retrying the same request cannot help."""
         return self.status in (400, 422)

@@ -179,6 +179,11 @@ class Reconciler:
         except builders.SpecError as error:
             problem = status.Problem("InvalidSpec", str(error), permanent=True)
         except ApiError as error:
+            if error.namespace_terminating:
+                # The namespace controller deletes children before their owner;
+                # putting them back is neither possible nor wanted.
+                log.info("namespace terminating", namespace=owner.namespace, name=owner.name)
+                return None
             problem = status.Problem(
                 "ApplyRejected" if error.rejected else "ApiUnavailable",
                 f"The Kubernetes API answered {error}",
@@ -429,6 +434,9 @@ class Reconciler:
         async def run() -> None:
             try:
                 await coro
+            except ApiError as error:
+                if not error.namespace_terminating:
+                    log.warning("event not posted", error=str(error))
             except Exception as error:  # an Event lost is not worth failing anything for
                 log.warning("event not posted", error=str(error))
 

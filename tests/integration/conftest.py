@@ -15,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers.cluster import REPO, LocalCluster
+from tests.helpers.kube import wait_until
 from tests.helpers.operator import OperatorProcess, start_operator
 
 CRD_FILE = REPO / "crds" / "mailtrapwebhooks.mailtrap.io.yaml"
@@ -28,6 +29,11 @@ def crd(cluster: LocalCluster) -> None:
         "--for=condition=Established",
         "crd/mailtrapwebhooks.mailtrap.io",
         "--timeout=60s",
+    )
+    # Established comes before the schema is published in the OpenAPI document.
+    wait_until(
+        lambda: cluster.kubectl("explain", "mailtrapwebhook.spec", check=False).returncode == 0,
+        what="the CRD's schema in kubectl explain",
     )
 
 
