@@ -57,6 +57,7 @@ async def run(settings: Settings) -> None:
     finally:
         await reconciler.close()
         await runner.cleanup()
+        await api.close_sessions()
         api.close()
 
 

@@ -49,6 +49,8 @@ MTWH: Final = (GROUP, VERSION, PLURAL)
 MANAGED_LABELS: Final = {MANAGED_BY_SELECTOR.split("=")[0]: MANAGED_BY_SELECTOR.split("=")[1]}
 WATCHED_CHILDREN: Final[tuple[Kind, ...]] = tuple(kind for kind in CHILD_KINDS if kind.watched)
 MAX_RETRY_DELAY: Final = 300.0
+# kopf's own requests in flight (patches of its annotations), beside the watches.
+REQUEST_CONNECTIONS: Final = 24
 
 
 def kopf_settings(settings: Settings) -> kopf.OperatorSettings:
@@ -119,6 +121,25 @@ def retry_delay(retry: int) -> float:
     return float(min(MAX_RETRY_DELAY, 5.0 * 2 ** min(retry, 10)))
 
 
+# --- connecting -----------------------------------------------------------------------
+
+
+@kopf.on.login()
+async def login(*, memo: Any, **kwargs: Any) -> kopf.AiohttpSession | None:
+    """The client library's credentials (in-cluster or $KUBECONFIG), on a bounded pool."""
+    info = kopf.login_via_client(**kwargs)
+    if info is None:
+        return None
+    reconciler = _reconciler(memo)
+    return reconciler.api.kopf_session(info, limit=connection_limit(reconciler.settings))
+
+
+def connection_limit(settings: Settings) -> int:
+    """Room for kopf's watches (one per kind, per namespace) plus requests in flight."""
+    watches_per_namespace = len(WATCHED_CHILDREN) + 3  # + MailtrapWebhooks, Secrets, peering
+    return watches_per_namespace * max(1, len(settings.namespaces)) + REQUEST_CONNECTIONS
+
+
 # --- indexes ------------------------------------------------------------------------
 
 
@@ -178,7 +199,7 @@ async def child_event(
     *, type: str | None, body: kopf.Body, resource: kopf.Resource, memo: Any, **kwargs: Any
 ) -> None:
     indexes = _Indexes.of(kwargs)
-    await _reconciler(memo).on_child_event(
+    _reconciler(memo).observe_child(
         kind=str(resource.kind),
         event_type=type,
         body=body,

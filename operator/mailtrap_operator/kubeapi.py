@@ -22,11 +22,14 @@ import datetime
 import functools
 import time
 import uuid
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlencode
 
+import aiohttp
+import kopf
 import orjson
 import urllib3
 from kubernetes import client as k8s_client
@@ -42,6 +45,8 @@ from .resources import (
     decode_secret_data,
 )
 
+# Old kopf sessions may still finish requests after a re-login; closed this much later.
+_SESSION_GRACE_SECONDS: Final = 60.0
 # (connect, read) seconds: one slow request must not hold a worker thread for long.
 _TIMEOUT: Final = (5.0, 30.0)
 _APPLY: Final = "application/apply-patch+yaml"
@@ -84,6 +89,7 @@ class KubeApi:
     discovery_ttl: float = 60.0
     _executor: concurrent.futures.ThreadPoolExecutor = field(init=False)
     _served: dict[tuple[str, str], _Cached] = field(init=False, default_factory=dict)
+    _kopf_sessions: list[aiohttp.ClientSession] = field(init=False, default_factory=list)
 
     def __post_init__(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -108,6 +114,43 @@ class KubeApi:
         self._executor.shutdown(wait=False, cancel_futures=True)
         with contextlib.suppress(Exception):
             self.api_client.close()
+
+    async def close_sessions(self) -> None:
+        for session in self._kopf_sessions:
+            await session.close()
+        self._kopf_sessions.clear()
+
+    # -- kopf's own connection --
+
+    def kopf_session(self, info: kopf.ConnectionInfo, *, limit: int) -> kopf.AiohttpSession:
+        """kopf's HTTP session, like its own but with a bounded connection pool.
+
+        kopf's default pool is unbounded: with a thousand resources handled at
+        once it opened hundreds of TLS connections, each with a 256 KiB buffer,
+        which was most of the operator's memory. Watches hold one connection
+        each, so ``limit`` must leave room for them and for requests.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module="kopf")
+            auth = info.as_aiohttp_basic_auth()
+        session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=limit, ssl=info.as_ssl_context()),
+            headers=info.as_http_headers(),
+            auth=auth,
+            proxy=info.proxy_url,
+            trust_env=info.trust_env,
+        )
+        loop = asyncio.get_running_loop()
+        for old in self._kopf_sessions:
+            loop.call_later(_SESSION_GRACE_SECONDS, _close_later, old)
+        self._kopf_sessions[:] = [session]
+        return kopf.AiohttpSession(
+            server=info.server,
+            default_namespace=info.default_namespace,
+            priority=info.priority,
+            expiration=info.expiration,
+            aiohttp_session=session,
+        )
 
     # -- transport --
     #
@@ -278,6 +321,15 @@ class KubeApi:
             body=event,
             content_type=_JSON,
         )
+
+
+def _close_later(session: aiohttp.ClientSession) -> None:
+    task = asyncio.ensure_future(session.close())
+    _closing.add(task)
+    task.add_done_callback(_closing.discard)
+
+
+_closing: set[asyncio.Future[None]] = set()
 
 
 def _error(status: int, data: bytes) -> ApiError:

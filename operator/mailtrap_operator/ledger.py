@@ -2,10 +2,11 @@
 
 Watch events do not say who made a change. The ledger remembers, for every
 child the `reconciler` applied, the ``resourceVersion`` and ``generation`` the
-API server answered with, so a later event can be told apart: our own write (or
-an older event still in flight) is ignored; a newer spec generation, a newer
-version of an object without one (ConfigMap, Service), a lost label or a lost
-owner reference is a hand edit and triggers a reconcile (`drift`).
+API server answered with, so a later event (reduced to a `ChildState`) can be
+told apart: our own write (or an older event still in flight) is ignored; a
+newer spec generation, a newer version of an object without one (ConfigMap,
+Service), a lost label or a lost owner reference is a hand edit and triggers a
+reconcile (`drift`).
 
 Per owner it keeps the status last written (fresher than kopf's index right
 after a write), the digests of the secret values last used (so a Secret event
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .resources import LABEL_INSTANCE, LABEL_MANAGED_BY, OPERATOR_NAME, OwnerKey, controller_owner
+from .status import Rollout
 
 ChildKey = tuple[str, str, str]  # (kind, namespace, name)
 SecretKey = tuple[str, str]  # (secret name, key)
@@ -59,27 +61,70 @@ def _newer(seen: str, recorded: str) -> bool:
     return seen != recorded
 
 
-def drift(applied: AppliedChild | None, body: Mapping[str, Any]) -> str | None:
+@dataclass(frozen=True)
+class ChildState:
+    """What drift detection needs of an observed child: a few fields, not its body.
+
+    Watch events carry whole objects (with managedFields, several kilobytes each);
+    keeping only this lets kopf drop the body as soon as the handler returns.
+    """
+
+    key: ChildKey
+    owner: OwnerKey | None
+    owner_uid: str  # empty when the owner reference is gone
+    deleted: bool
+    resource_version: str
+    generation: int | None
+    labelled: bool  # still carries our managed-by label and its owner's instance label
+    rollout: Rollout | None = None  # Deployments only
+
+    @classmethod
+    def from_body(cls, *, kind: str, body: Mapping[str, Any], deleted: bool) -> ChildState:
+        meta = body.get("metadata") or {}
+        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        labels = meta.get("labels") or {}
+        found = controller_owner(body)
+        owner_uid = ""
+        if found is not None:
+            owner: OwnerKey | None = found[0]
+            owner_uid = found[1]
+        elif labels.get(LABEL_INSTANCE):
+            # Without its owner reference, the instance label still says whose it is.
+            owner = (namespace, str(labels[LABEL_INSTANCE]))
+        else:
+            owner = None
+        generation = meta.get("generation")
+        return cls(
+            key=(kind, namespace, name),
+            owner=owner,
+            owner_uid=owner_uid,
+            deleted=deleted,
+            resource_version=str(meta.get("resourceVersion") or ""),
+            generation=int(generation) if generation is not None else None,
+            labelled=bool(
+                owner is not None
+                and labels.get(LABEL_MANAGED_BY) == OPERATOR_NAME
+                and labels.get(LABEL_INSTANCE) == owner[1]
+            ),
+            rollout=Rollout.from_deployment(body) if kind == "Deployment" else None,
+        )
+
+
+def drift(applied: AppliedChild | None, state: ChildState) -> str | None:
     """Why an observed child differs from what we applied, or None if it does not."""
     if applied is None:
         return None
-    meta = body.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    if (
-        labels.get(LABEL_MANAGED_BY) != OPERATOR_NAME
-        or labels.get(LABEL_INSTANCE) != (applied.owner[1])
-    ):
+    if state.deleted:
+        return "it was deleted or lost its labels"
+    if not state.labelled:
         return "its labels were changed"
-    owner = controller_owner(body)
-    if owner is None or owner[0] != applied.owner:
+    if not state.owner_uid or state.owner != applied.owner:
         return "its owner reference was removed"
-    generation = meta.get("generation")
-    if applied.generation is not None and generation is not None:
-        if int(generation) > applied.generation:
+    if applied.generation is not None and state.generation is not None:
+        if state.generation > applied.generation:
             return "its spec was changed"
         return None
-    version = str(meta.get("resourceVersion") or "")
-    if version and _newer(version, applied.resource_version):
+    if state.resource_version and _newer(state.resource_version, applied.resource_version):
         return "it was changed"
     return None
 

@@ -12,9 +12,10 @@ from hand edits, `metrics` to count. The three entry points:
   which the kopf handler turns into a retry (or none, when only a spec change
   can help). Nothing is applied while a reference is broken, so there is never
   a half-applied state.
-- `Reconciler.on_child_event`: a child changed or disappeared. If the ledger
-  says it was not us, reconcile the owner (drift repair); for a Deployment,
-  refresh the owner's replica counts and readiness.
+- `Reconciler.observe_child`: a child changed or disappeared. Noted at once, then
+  handled by a task per owner: if the ledger says it was not us, reconcile the
+  owner (drift repair); for a Deployment, refresh the owner's replica counts and
+  readiness.
 - `Reconciler.on_secret_event`: a referenced Secret appeared, changed or went
   away; reconcile its owners if the values they use changed.
 """
@@ -24,12 +25,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final
 
 from . import builders, status
 from .kubeapi import ApiError, KubeApi
-from .ledger import ChildKey, Ledger, OwnerRecord, SecretKey, digest, drift
+from .ledger import ChildKey, ChildState, Ledger, OwnerRecord, SecretKey, digest, drift
 from .logs import get_logger
 from .metrics import OperatorMetrics
 from .resources import (
@@ -38,7 +39,6 @@ from .resources import (
     SERVICE_MONITOR,
     Owner,
     OwnerKey,
-    controller_owner,
     decode_secret_data,
 )
 from .settings import Settings
@@ -71,6 +71,9 @@ class Reconciler:
         self.ledger = ledger or Ledger()
         self.clock = clock
         self._background: set[asyncio.Task[None]] = set()
+        # Latest unhandled state of each child, per owner; and owners being drained.
+        self._inbox: dict[OwnerKey, dict[ChildKey, ChildState]] = {}
+        self._draining: set[OwnerKey] = set()
 
     # -- entry points --
 
@@ -81,7 +84,7 @@ class Reconciler:
         async with self.ledger.lock(owner.key):
             return await self._reconcile(owner, known_children, trigger)
 
-    async def on_child_event(
+    def observe_child(
         self,
         *,
         kind: str,
@@ -90,35 +93,20 @@ class Reconciler:
         find_owner: Callable[[OwnerKey], Owner | None],
         known_children: Callable[[OwnerKey], Iterable[ChildRef]],
     ) -> None:
-        found = controller_owner(body)
-        if found is None:
+        """Note a child's new state and return at once; a task per owner handles it.
+
+        kopf's worker for the child is free (and its body garbage) right away,
+        instead of waiting for the owner's lock while a reconcile runs: with a
+        thousand resources created at once, that waiting held thousands of bodies.
+        Only the latest state of each child matters, so newer ones replace older.
+        """
+        state = ChildState.from_body(kind=kind, body=body, deleted=event_type == "DELETED")
+        if state.owner is None:
             return
-        key, uid = found
-        owner = find_owner(key)
-        if owner is None or owner.uid != uid or owner.deleting:
-            return
-        meta = body.get("metadata") or {}
-        child: ChildKey = (kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
-        async with self.ledger.lock(key):
-            record = self.ledger.known_owner(key, uid=uid)
-            if record is None:
-                # Not reconciled by this process yet; its resume or create handler will.
-                return
-            applied = self.ledger.applied(child)
-            if applied is None:
-                return
-            if event_type == "DELETED":
-                reason: str | None = "it was deleted"
-                # Garbage collection deletes children after their owner: never
-                # bring one back for an owner that is going away.
-                if not await self._owner_alive(owner):
-                    return
-            else:
-                reason = drift(applied, body)
-            if reason is not None:
-                await self._repair(owner, known_children(key), child, reason)
-            elif kind == DEPLOYMENT.kind and _generation(body) >= (applied.generation or 0):
-                await self._refresh(owner, record, body)
+        self._inbox.setdefault(state.owner, {})[state.key] = state
+        if state.owner not in self._draining:
+            self._draining.add(state.owner)
+            self._spawn(self._drain(state.owner, find_owner, known_children))
 
     async def on_secret_event(
         self,
@@ -157,6 +145,64 @@ class Reconciler:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+
+    # -- children's events, per owner --
+
+    async def _drain(
+        self,
+        key: OwnerKey,
+        find_owner: Callable[[OwnerKey], Owner | None],
+        known_children: Callable[[OwnerKey], Iterable[ChildRef]],
+    ) -> None:
+        try:
+            while pending := self._inbox.pop(key, None):
+                try:
+                    await self._handle_children(
+                        key, list(pending.values()), find_owner, known_children
+                    )
+                except Exception:  # never lose the loop: later events still need handling
+                    log.exception("child events not handled", namespace=key[0], name=key[1])
+        finally:
+            self._draining.discard(key)
+
+    async def _handle_children(
+        self,
+        key: OwnerKey,
+        states: list[ChildState],
+        find_owner: Callable[[OwnerKey], Owner | None],
+        known_children: Callable[[OwnerKey], Iterable[ChildRef]],
+    ) -> None:
+        owner = find_owner(key)
+        if owner is None or owner.deleting:
+            return
+        async with self.ledger.lock(key):
+            record = self.ledger.known_owner(key, uid=owner.uid)
+            if record is None:
+                # Not reconciled by this process yet; its resume or create handler will.
+                return
+            repairs: list[tuple[ChildKey, str]] = []
+            rollout: status.Rollout | None = None
+            for state in states:
+                if state.owner_uid and state.owner_uid != owner.uid:
+                    continue  # left over from an earlier object of the same name
+                applied = self.ledger.applied(state.key)
+                reason = drift(applied, state)
+                if reason is not None:
+                    repairs.append((state.key, reason))
+                elif (
+                    state.rollout is not None
+                    and applied is not None
+                    and (state.generation or 0) >= (applied.generation or 0)
+                ):
+                    rollout = state.rollout
+            if repairs:
+                # Garbage collection deletes children after their owner: never
+                # bring one back for an owner that is going away.
+                if any(state.deleted for state in states) and not await self._owner_alive(owner):
+                    return
+                await self._repair(owner, known_children(key), repairs)
+            elif rollout is not None:
+                await self._refresh(owner, record, rollout)
 
     # -- the reconcile itself --
 
@@ -377,29 +423,31 @@ class Reconciler:
     # -- reactions --
 
     async def _repair(
-        self, owner: Owner, known_children: Iterable[ChildRef], child: ChildKey, reason: str
+        self,
+        owner: Owner,
+        known_children: Iterable[ChildRef],
+        repairs: list[tuple[ChildKey, str]],
     ) -> None:
-        kind, _, name = child
-        self.metrics.drift_repairs.labels(kind=kind).inc()
-        log.info("child drifted", namespace=owner.namespace, name=owner.name, kind=kind, why=reason)
+        for (kind, _, _), reason in repairs:
+            self.metrics.drift_repairs.labels(kind=kind).inc()
+            log.info(
+                "child drifted", namespace=owner.namespace, name=owner.name, kind=kind, why=reason
+            )
         problem = await self._reconcile(owner, known_children, "drift")
         if problem is None:
-            self._event(
-                owner,
-                "Normal",
-                "Restored",
-                f"{kind} {name} was changed outside the operator ({reason}); put it back.",
-            )
+            for (kind, _, name), reason in repairs:
+                self._event(
+                    owner,
+                    "Normal",
+                    "Restored",
+                    f"{kind} {name} was changed outside the operator ({reason}); put it back.",
+                )
 
-    async def _refresh(
-        self, owner: Owner, record: OwnerRecord, deployment: Mapping[str, Any]
-    ) -> None:
+    async def _refresh(self, owner: Owner, record: OwnerRecord, rollout: status.Rollout) -> None:
         previous = record.status if record.status is not None else dict(owner.status)
         if "observedGeneration" not in previous:
             return
-        new = status.refresh_status(
-            previous, rollout=status.Rollout.from_deployment(deployment), now=self.clock()
-        )
+        new = status.refresh_status(previous, rollout=rollout, now=self.clock())
         try:
             await self._write_status(owner, record, previous, new)
         except ApiError as error:
@@ -417,36 +465,38 @@ class Reconciler:
         meta = body.get("metadata") or {}
         return bool(meta.get("uid") == owner.uid and not meta.get("deletionTimestamp"))
 
-    # -- events, off the reconcile's path --
+    # -- background tasks: Events and per-owner drains --
 
     def _event(self, owner: Owner, event_type: str, reason: str, message: str) -> None:
         self._spawn(
-            self.api.post_event(
+            self._post_event(
                 owner={"namespace": owner.namespace, "name": owner.name, "uid": owner.uid},
+                event_type=event_type,
+                reason=reason,
+                message=message,
+            )
+        )
+
+    async def _post_event(
+        self, *, owner: Mapping[str, str], event_type: str, reason: str, message: str
+    ) -> None:
+        try:
+            await self.api.post_event(
+                owner=owner,
                 event_type=event_type,
                 reason=reason,
                 message=message,
                 now=self.clock(),
             )
-        )
+        except ApiError as error:  # an Event lost is not worth failing anything for
+            if not error.namespace_terminating:
+                log.warning("event not posted", reason=reason, error=str(error))
 
-    def _spawn(self, coro: Awaitable[None]) -> None:
-        async def run() -> None:
-            try:
-                await coro
-            except ApiError as error:
-                if not error.namespace_terminating:
-                    log.warning("event not posted", error=str(error))
-            except Exception as error:  # an Event lost is not worth failing anything for
-                log.warning("event not posted", error=str(error))
-
-        task = asyncio.get_running_loop().create_task(run())
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        # The loop keeps only weak references to tasks: hold them until done.
         self._background.add(task)
         task.add_done_callback(self._background.discard)
-
-
-def _generation(body: Mapping[str, Any]) -> int:
-    return int((body.get("metadata") or {}).get("generation") or 0)
 
 
 def _digest_of(data: Mapping[str, bytes] | None, key: str) -> str | None:

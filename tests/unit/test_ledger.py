@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from mailtrap_operator.ledger import AppliedChild, Ledger, drift
+from mailtrap_operator.ledger import AppliedChild, ChildState, Ledger, drift
 
 OWNER = ("mail", "hooks")
 
@@ -42,34 +42,56 @@ APPLIED = AppliedChild(owner=OWNER, resource_version="100", generation=2)
 APPLIED_NO_GENERATION = AppliedChild(owner=OWNER, resource_version="100", generation=None)
 
 
+def state(body: dict[str, Any], *, kind: str = "Deployment", deleted: bool = False) -> ChildState:
+    return ChildState.from_body(kind=kind, body=body, deleted=deleted)
+
+
+def test_state_keeps_only_what_drift_needs() -> None:
+    observed = state(child())
+    assert observed.key == ("Deployment", "mail", "hooks-receiver")
+    assert (observed.owner, observed.owner_uid) == (OWNER, "u1")
+    assert (observed.generation, observed.resource_version) == (2, "100")
+    assert observed.labelled
+    assert observed.rollout is not None
+    assert state(child(), kind="ConfigMap").rollout is None
+
+
 def test_our_own_write_is_not_drift() -> None:
-    assert drift(APPLIED, child()) is None
+    assert drift(APPLIED, state(child())) is None
     # Status updates by the Deployment controller change the version, not the generation.
-    assert drift(APPLIED, child(version="150")) is None
+    assert drift(APPLIED, state(child(version="150"))) is None
 
 
 def test_a_late_event_for_an_older_version_is_not_drift() -> None:
-    assert drift(APPLIED, child(generation=1, version="90")) is None
-    assert drift(APPLIED_NO_GENERATION, child(generation=None, version="90")) is None
+    assert drift(APPLIED, state(child(generation=1, version="90"))) is None
+    older = state(child(generation=None, version="90"), kind="ConfigMap")
+    assert drift(APPLIED_NO_GENERATION, older) is None
 
 
 def test_a_newer_generation_is_a_hand_edit() -> None:
-    assert drift(APPLIED, child(generation=3, version="120")) == "its spec was changed"
+    assert drift(APPLIED, state(child(generation=3, version="120"))) == "its spec was changed"
 
 
 def test_a_newer_version_of_an_object_without_generation_is_a_hand_edit() -> None:
-    assert drift(APPLIED_NO_GENERATION, child(generation=None, version="101")) == "it was changed"
+    newer = state(child(generation=None, version="101"), kind="ConfigMap")
+    assert drift(APPLIED_NO_GENERATION, newer) == "it was changed"
+
+
+def test_deletion_is_drift() -> None:
+    assert drift(APPLIED, state(child(), deleted=True)) == "it was deleted or lost its labels"
 
 
 def test_lost_labels_or_owner_are_hand_edits() -> None:
-    assert drift(APPLIED, child(labels={})) == "its labels were changed"
+    assert drift(APPLIED, state(child(labels={}))) == "its labels were changed"
     orphan = child()
     orphan["metadata"]["ownerReferences"] = []
-    assert drift(APPLIED, orphan) == "its owner reference was removed"
+    orphaned = state(orphan)
+    assert orphaned.owner == OWNER  # still routed to its owner, by the instance label
+    assert drift(APPLIED, orphaned) == "its owner reference was removed"
 
 
 def test_unknown_children_are_left_alone() -> None:
-    assert drift(None, child(generation=9)) is None
+    assert drift(None, state(child(generation=9))) is None
 
 
 def test_records_follow_what_was_applied_and_are_forgotten_with_the_owner() -> None:

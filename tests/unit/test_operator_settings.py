@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from mailtrap_operator.handlers import kopf_settings, retry_delay
+from mailtrap_operator.handlers import (
+    REQUEST_CONNECTIONS,
+    connection_limit,
+    kopf_settings,
+    retry_delay,
+)
 from mailtrap_operator.settings import DEFAULT_RECEIVER_IMAGE, parse
 
 
@@ -75,3 +80,11 @@ def test_retry_backoff_grows_and_is_capped() -> None:
     assert delays[:3] == [5.0, 10.0, 20.0]
     assert delays == sorted(delays)
     assert delays[-1] == 300.0
+
+
+def test_kopf_connection_pool_leaves_room_for_every_watch() -> None:
+    # One watch per kind per namespace (6 children, MailtrapWebhooks, Secrets, peering).
+    everywhere = connection_limit(parse([], {}))
+    three = connection_limit(parse(["--namespaces", "a,b,c"], {}))
+    assert everywhere - REQUEST_CONNECTIONS >= 9
+    assert three - REQUEST_CONNECTIONS >= 27
