@@ -47,7 +47,8 @@ def wait_until(
     while True:
         try:
             last = check()
-        except AssertionError as error:
+        except (AssertionError, KeyError, IndexError, TypeError) as error:
+            # Not there yet (a field not written so far); the last one is reported.
             last = error
         else:
             if last:

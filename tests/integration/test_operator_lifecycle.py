@@ -334,7 +334,9 @@ def test_missing_secret_is_degraded_then_ready_once_created(
 
     apply(cluster, secret_manifest("signing", {"wrong-key": "x"}), namespace=namespace)
     wait_until(
-        lambda: 'has no key "signing-secret"' in condition(degraded(), "Degraded")["message"],
+        lambda: (
+            'has no key "signing-secret"' in condition(degraded(), "Degraded").get("message", "")
+        ),
         what="the missing key to be named",
     )
 
@@ -440,10 +442,12 @@ def test_service_monitor_is_skipped_without_its_crd_and_made_with_it(
     request.getfixturevalue("service_monitor_crd")
     create(cluster, namespace, serviceMonitor={"enabled": True, "labels": {"release": "prom"}})
     patch(cluster, namespace, {"serviceMonitor": {"enabled": True, "interval": "15s"}})
-    monitor = wait_until(
-        lambda: get(cluster, "servicemonitor", CHILD, namespace=namespace),
-        what="the ServiceMonitor",
-    )
+
+    def monitor_with_interval() -> Any:
+        found = get(cluster, "servicemonitor", CHILD, namespace=namespace)
+        return found if found and found["spec"]["endpoints"][0]["interval"] == "15s" else None
+
+    monitor = wait_until(monitor_with_interval, what="the ServiceMonitor, scraped every 15s")
     assert monitor["metadata"]["ownerReferences"][0]["name"] == NAME
     assert monitor["spec"]["endpoints"] == [
         {"port": "metrics", "path": "/metrics", "interval": "15s"}
