@@ -117,7 +117,7 @@ def selector_labels(owner: Owner) -> dict[str, str]:
     return {LABEL_NAME: APP_NAME, LABEL_INSTANCE: owner.name}
 
 
-def labels(owner: Owner, *, component: str) -> dict[str, str]:
+def labels(*, owner: Owner, component: str) -> dict[str, str]:
     """The recommended app.kubernetes.io labels; managed-by is what handlers watch."""
     return {
         **selector_labels(owner),
@@ -131,7 +131,7 @@ def _metadata(owner: Owner, *, component: str) -> dict[str, Any]:
     return {
         "name": child_name(owner.name),
         "namespace": owner.namespace,
-        "labels": labels(owner, component=component),
+        "labels": labels(owner=owner, component=component),
         "ownerReferences": [owner.owner_reference()],
     }
 
@@ -203,7 +203,7 @@ def build_config(*, spec: Mapping[str, Any], namespace: str) -> dict[str, Any]:
     return config
 
 
-def render_config(config: Mapping[str, Any], *, owner: Owner) -> str:
+def render_config(*, config: Mapping[str, Any], owner: Owner) -> str:
     """The config file text; deterministic, since its hash rolls the Pods."""
     header = (
         f"# Receiver config for MailtrapWebhook {owner.namespace}/{owner.name}, written by\n"
@@ -282,7 +282,7 @@ def validate(owner: Owner) -> None:
 # --- children ---------------------------------------------------------------------
 
 
-def build_config_map(owner: Owner, *, config_text: str) -> dict[str, Any]:
+def build_config_map(*, owner: Owner, config_text: str) -> dict[str, Any]:
     return {
         "apiVersion": CONFIG_MAP.api_version,
         "kind": CONFIG_MAP.kind,
@@ -336,7 +336,7 @@ def _volumes(spec: Mapping[str, Any], owner: Owner) -> tuple[list[Any], list[Any
 
 
 def build_deployment(
-    owner: Owner, *, image: str, config_hash: str, image_pull_policy: str | None = None
+    *, owner: Owner, image: str, config_hash: str, image_pull_policy: str | None = None
 ) -> dict[str, Any]:
     spec = owner.spec
     volumes, mounts = _volumes(spec, owner)
@@ -392,7 +392,7 @@ def build_deployment(
     if pull_policy:
         container["imagePullPolicy"] = pull_policy
 
-    pod_labels = {**dict(spec.get("podLabels") or {}), **labels(owner, component="receiver")}
+    pod_labels = {**dict(spec.get("podLabels") or {}), **labels(owner=owner, component="receiver")}
     pod_annotations = {
         **dict(spec.get("podAnnotations") or {}),
         "kubectl.kubernetes.io/default-container": CONTAINER_NAME,
@@ -592,10 +592,10 @@ def build_children(
     """All children in apply order: config first, so new Pods never see an old file."""
     validate(owner)
     manifests: list[dict[str, Any]] = [
-        build_config_map(owner, config_text=config_text),
+        build_config_map(owner=owner, config_text=config_text),
         build_service(owner),
         build_deployment(
-            owner,
+            owner=owner,
             image=str(owner.spec.get("image") or default_image),
             config_hash=config_hash,
             image_pull_policy=image_pull_policy,

@@ -212,7 +212,7 @@ class KubeApi:
 
     # -- children --
 
-    async def apply(self, manifest: Mapping[str, Any], *, kind: Kind) -> dict[str, Any]:
+    async def apply(self, *, manifest: Mapping[str, Any], kind: Kind) -> dict[str, Any]:
         """Server-side apply with our field manager; force, since we own these objects."""
         meta = manifest["metadata"]
         result = await self._request(

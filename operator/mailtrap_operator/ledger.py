@@ -110,7 +110,7 @@ class ChildState:
         )
 
 
-def drift(applied: AppliedChild | None, state: ChildState) -> str | None:
+def drift(*, applied: AppliedChild | None, state: ChildState) -> str | None:
     """Why an observed child differs from what we applied, or None if it does not."""
     if applied is None:
         return None

@@ -186,7 +186,7 @@ class Reconciler:
                 if state.owner_uid and state.owner_uid != owner.uid:
                     continue  # left over from an earlier object of the same name
                 applied = self.ledger.applied(state.key)
-                reason = drift(applied, state)
+                reason = drift(applied=applied, state=state)
                 if reason is not None:
                     repairs.append((state.key, reason))
                 elif (
@@ -303,7 +303,7 @@ class Reconciler:
         first: bool,
     ) -> None:
         config = builders.build_config(spec=owner.spec, namespace=owner.namespace)
-        config_text = builders.render_config(config, owner=owner)
+        config_text = builders.render_config(config=config, owner=owner)
         config_hash = builders.config_hash(config_text=config_text, secret_values=values)
         monitors = await self.api.served(kind=SERVICE_MONITOR)
         children = builders.build_children(
@@ -318,7 +318,7 @@ class Reconciler:
         deployment: Mapping[str, Any] = {}
         for manifest in children.manifests:
             kind = KINDS_BY_NAME[manifest["kind"]]
-            body = await self.api.apply(manifest, kind=kind)
+            body = await self.api.apply(manifest=manifest, kind=kind)
             self.ledger.record_applied(kind=kind.kind, owner=owner.key, body=body)
             if kind is DEPLOYMENT:
                 deployment = body
@@ -415,7 +415,7 @@ class Reconciler:
         previous: Mapping[str, Any],
         new: dict[str, Any],
     ) -> None:
-        patch = status.merge_patch(previous, new)
+        patch = status.merge_patch(previous=previous, new=new)
         if patch is not None:
             await self.api.patch_status(namespace=owner.namespace, name=owner.name, status=patch)
         record.status = new
@@ -447,7 +447,7 @@ class Reconciler:
         previous = record.status if record.status is not None else dict(owner.status)
         if "observedGeneration" not in previous:
             return
-        new = status.refresh_status(previous, rollout=rollout, now=self.clock())
+        new = status.refresh_status(previous=previous, rollout=rollout, now=self.clock())
         try:
             await self._write_status(owner, record, previous, new)
         except ApiError as error:

@@ -81,7 +81,7 @@ def _positive(text: str) -> int:
     return value
 
 
-def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+def build_parser(*, environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
     env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(
         prog="mailtrap-operator",
@@ -157,8 +157,10 @@ def build_parser(environ: Mapping[str, str] | None = None) -> argparse.ArgumentP
     return parser
 
 
-def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
-    parser = build_parser(environ)
+def parse(
+    argv: Sequence[str] | None = None, *, environ: Mapping[str, str] | None = None
+) -> Settings:
+    parser = build_parser(environ=environ)
     args = parser.parse_args(argv)
     # String defaults (from the environment) go through ``type`` like flags do,
     # but ``choices`` are only checked for flags: check those here.

@@ -177,7 +177,7 @@ def build_status(
 
 
 def refresh_status(
-    previous: Mapping[str, Any], *, rollout: Rollout, now: datetime.datetime
+    *, previous: Mapping[str, Any], rollout: Rollout, now: datetime.datetime
 ) -> dict[str, Any]:
     """The status after the Deployment's status moved: same generation, same problem."""
     return build_status(
@@ -212,7 +212,7 @@ def _progress(rollout: Rollout) -> tuple[bool, str, str]:
     )
 
 
-def merge_patch(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
+def merge_patch(*, previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any] | None:
     """A JSON merge patch from ``previous`` to ``new`` (top level), or None when equal."""
     patch: dict[str, Any] = {
         key: copy.deepcopy(value) for key, value in new.items() if previous.get(key) != value
@@ -221,8 +221,3 @@ def merge_patch(previous: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str
         if key not in new:
             patch[key] = None  # merge-patch null removes the key
     return patch or None
-
-
-def ready_changed(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    before, after = condition(previous, READY), condition(new, READY)
-    return (before or {}).get("status") != (after or {}).get("status")

@@ -128,7 +128,7 @@ def children_of(
 ) -> builders.Children:
     owner = owner_of(spec)
     text = builders.render_config(
-        builders.build_config(spec=spec, namespace=owner.namespace), owner=owner
+        config=builders.build_config(spec=spec, namespace=owner.namespace), owner=owner
     )
     return builders.build_children(
         owner=owner,
@@ -206,7 +206,7 @@ def test_config_file_loads_with_the_receivers_own_loader(
 ) -> None:
     owner = owner_of(spec)
     text = builders.render_config(
-        builders.build_config(spec=spec, namespace=owner.namespace), owner=owner
+        config=builders.build_config(spec=spec, namespace=owner.namespace), owner=owner
     )
     path = tmp_path / builders.CONFIG_FILE
     path.write_text(text)
@@ -219,7 +219,9 @@ def test_config_file_loads_with_the_receivers_own_loader(
 
 def test_config_text_never_holds_secret_values() -> None:
     owner = owner_of(FULL)
-    text = builders.render_config(builders.build_config(spec=FULL, namespace="mail"), owner=owner)
+    text = builders.render_config(
+        config=builders.build_config(spec=FULL, namespace="mail"), owner=owner
+    )
     for value in SECRETS.values():
         assert value.decode() not in text
     manifests = repr(children_of(FULL).manifests)
@@ -584,7 +586,7 @@ def test_examples_make_configs_the_receiver_loads(path: Path, tmp_path: Path) ->
         assert ref.key in secrets[ref.name]["stringData"], f"{path.name}: {ref}"
     owner = owner_of(resource["spec"], name=resource["metadata"]["name"])
     text = builders.render_config(
-        builders.build_config(spec=resource["spec"], namespace="mail"), owner=owner
+        config=builders.build_config(spec=resource["spec"], namespace="mail"), owner=owner
     )
     (tmp_path / "config.yaml").write_text(text)
     load_config(tmp_path / "config.yaml", environ={})

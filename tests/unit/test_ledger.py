@@ -57,41 +57,47 @@ def test_state_keeps_only_what_drift_needs() -> None:
 
 
 def test_our_own_write_is_not_drift() -> None:
-    assert drift(APPLIED, state(child())) is None
+    assert drift(applied=APPLIED, state=state(child())) is None
     # Status updates by the Deployment controller change the version, not the generation.
-    assert drift(APPLIED, state(child(version="150"))) is None
+    assert drift(applied=APPLIED, state=state(child(version="150"))) is None
 
 
 def test_a_late_event_for_an_older_version_is_not_drift() -> None:
-    assert drift(APPLIED, state(child(generation=1, version="90"))) is None
+    assert drift(applied=APPLIED, state=state(child(generation=1, version="90"))) is None
     older = state(child(generation=None, version="90"), kind="ConfigMap")
-    assert drift(APPLIED_NO_GENERATION, older) is None
+    assert drift(applied=APPLIED_NO_GENERATION, state=older) is None
 
 
 def test_a_newer_generation_is_a_hand_edit() -> None:
-    assert drift(APPLIED, state(child(generation=3, version="120"))) == "its spec was changed"
+    assert (
+        drift(applied=APPLIED, state=state(child(generation=3, version="120")))
+        == "its spec was changed"
+    )
 
 
 def test_a_newer_version_of_an_object_without_generation_is_a_hand_edit() -> None:
     newer = state(child(generation=None, version="101"), kind="ConfigMap")
-    assert drift(APPLIED_NO_GENERATION, newer) == "it was changed"
+    assert drift(applied=APPLIED_NO_GENERATION, state=newer) == "it was changed"
 
 
 def test_deletion_is_drift() -> None:
-    assert drift(APPLIED, state(child(), deleted=True)) == "it was deleted or lost its labels"
+    assert (
+        drift(applied=APPLIED, state=state(child(), deleted=True))
+        == "it was deleted or lost its labels"
+    )
 
 
 def test_lost_labels_or_owner_are_hand_edits() -> None:
-    assert drift(APPLIED, state(child(labels={}))) == "its labels were changed"
+    assert drift(applied=APPLIED, state=state(child(labels={}))) == "its labels were changed"
     orphan = child()
     orphan["metadata"]["ownerReferences"] = []
     orphaned = state(orphan)
     assert orphaned.owner == OWNER  # still routed to its owner, by the instance label
-    assert drift(APPLIED, orphaned) == "its owner reference was removed"
+    assert drift(applied=APPLIED, state=orphaned) == "its owner reference was removed"
 
 
 def test_unknown_children_are_left_alone() -> None:
-    assert drift(None, state(child(generation=9))) is None
+    assert drift(applied=None, state=state(child(generation=9))) is None
 
 
 def test_records_follow_what_was_applied_and_are_forgotten_with_the_owner() -> None:

@@ -14,7 +14,7 @@ from mailtrap_operator.settings import DEFAULT_RECEIVER_IMAGE, parse
 
 
 def test_defaults_watch_everything_standalone() -> None:
-    settings = parse([], {})
+    settings = parse([], environ={})
     assert settings.namespaces == ()
     assert settings.clusterwide
     assert settings.standalone
@@ -34,14 +34,16 @@ def test_environment_then_flags() -> None:
         "MAILTRAP_OPERATOR_PEERING_NAME": "mailtrap",
         "MAILTRAP_OPERATOR_PRIORITY": "7",
     }
-    settings = parse([], env)
+    settings = parse([], environ=env)
     assert settings.namespaces == ("billing", "mail")
     assert not settings.clusterwide
     assert settings.receiver_image == "registry.example/op:1"
     assert (settings.log_format, settings.log_level) == ("console", "debug")
     assert settings.metrics_port == 9000
     assert (settings.peering_name, settings.priority, settings.standalone) == ("mailtrap", 7, False)
-    flagged = parse(["--metrics-port", "9100", "--namespaces", "", "--log-format", "json"], env)
+    flagged = parse(
+        ["--metrics-port", "9100", "--namespaces", "", "--log-format", "json"], environ=env
+    )
     assert flagged.metrics_port == 9100
     assert flagged.namespaces == ()
     assert flagged.log_format == "json"
@@ -59,12 +61,12 @@ def test_environment_then_flags() -> None:
 )
 def test_bad_values_stop_with_a_usage_error(argv: list[str], env: dict[str, str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
-        parse(argv, env)
+        parse(argv, environ=env)
     assert exit_info.value.code == 2
 
 
 def test_kopf_is_configured_for_annotations_and_our_label_selector() -> None:
-    settings = kopf_settings(parse(["--namespaces", "mail"], {}))
+    settings = kopf_settings(parse(["--namespaces", "mail"], environ={}))
     assert settings.posting.enabled is False
     assert settings.scanning.disabled is True
     assert settings.peering.standalone is True
@@ -84,7 +86,7 @@ def test_retry_backoff_grows_and_is_capped() -> None:
 
 def test_kopf_connection_pool_leaves_room_for_every_watch() -> None:
     # One watch per kind per namespace (6 children, MailtrapWebhooks, Secrets, peering).
-    everywhere = connection_limit(parse([], {}))
-    three = connection_limit(parse(["--namespaces", "a,b,c"], {}))
+    everywhere = connection_limit(parse([], environ={}))
+    three = connection_limit(parse(["--namespaces", "a,b,c"], environ={}))
     assert everywhere - REQUEST_CONNECTIONS >= 9
     assert three - REQUEST_CONNECTIONS >= 27

@@ -111,7 +111,7 @@ def test_transition_time_moves_only_when_the_status_does() -> None:
 def test_refresh_keeps_the_generation_problem_and_urls() -> None:
     problem = Problem("SecretMissing", "gone")
     previous = build(problem=problem, generation=4, external="https://h/p")
-    refreshed = status.refresh_status(previous, rollout=rollout(ready=0), now=T1)
+    refreshed = status.refresh_status(previous=previous, rollout=rollout(ready=0), now=T1)
     assert refreshed["observedGeneration"] == 4
     assert refreshed["externalURL"] == "https://h/p"
     assert conditions(refreshed)["Degraded"] == ("True", "SecretMissing")
@@ -145,11 +145,4 @@ def test_rollout_from_a_deployment() -> None:
     ],
 )
 def test_merge_patch(previous: dict[str, Any], new: dict[str, Any], patch: Any) -> None:
-    assert status.merge_patch(previous, new) == patch
-
-
-def test_ready_changed() -> None:
-    before = build(rollout=rollout(ready=1))
-    after = build(before, rollout=rollout(ready=2))
-    assert status.ready_changed(before, after)
-    assert not status.ready_changed(after, after)
+    assert status.merge_patch(previous=previous, new=new) == patch
