@@ -296,6 +296,9 @@ class LocalCluster:
                 f"--service-account-signing-key-file={pki_dir / 'sa.key'}",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 "--authorization-mode=RBAC",
+                # As hardened clusters do: setting blockOwnerDeletion needs update
+                # on the owner's finalizers, so the chart's RBAC is tested for it.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
