@@ -24,6 +24,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with local_cluster(
         workdir=tmp_path_factory.mktemp("cluster"),
         keep_logs=Path(keep) if keep else None,
+        # Only ServiceAccount requests are recorded: the chart's RBAC tests read them.
+        audit=True,
     ) as c:
         _started.append(c)
         yield c

@@ -10,7 +10,8 @@ download, or a build from the Go module proxy).
 
 Used by the session fixture in ``tests/conftest.py`` and by ``hack/dev.py``. It
 hands out kubeconfigs for the admin and, through TokenRequest, for any
-ServiceAccount, so the operator can run with exactly the chart's RBAC.
+ServiceAccount, so the operator can run with exactly the chart's RBAC, and
+(``audit=True``) an audit log of what ServiceAccounts asked and were allowed.
 """
 
 from __future__ import annotations
@@ -45,6 +46,20 @@ REPO = Path(__file__).resolve().parents[2]
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
+
+
+# Metadata (who, what, the decision and the status code; never bodies) of requests
+# made with ServiceAccount tokens: the chart's RBAC tests run the operator so. The
+# control plane's own components use the admin certificate and are not recorded.
+AUDIT_POLICY: dict[str, Any] = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "userGroups": ["system:serviceaccounts"]},
+        {"level": "None"},
+    ],
+}
 
 
 class ClusterError(RuntimeError):
@@ -218,6 +233,9 @@ class LocalCluster:
     workdir: Path
     api_port: int = 0
     version: str = ""
+    # Record what ServiceAccounts ask the API server (and what it decided), so a
+    # test can prove which permissions the operator really uses. Off by default.
+    audit: bool = False
     _procs: list[_Proc] = field(default_factory=list)
 
     @property
@@ -227,6 +245,10 @@ class LocalCluster:
     @property
     def admin_kubeconfig(self) -> Path:
         return self.workdir / "admin.kubeconfig"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
 
     @property
     def ca_file(self) -> Path:
@@ -302,6 +324,7 @@ class LocalCluster:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
+                *self._audit_flags(),
             ],
         )
         self._write_kubeconfig(
@@ -385,6 +408,29 @@ class LocalCluster:
                 proc.popen.wait()
             proc.log.close()
         self._procs.clear()
+
+    # -- audit --
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump(AUDIT_POLICY))
+        # The log backend writes each event before the request returns ("blocking"),
+        # so a test reads what happened right after it happened.
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}"]
+
+    def audit_events(self, *, username: str) -> list[dict[str, Any]]:
+        """Every finished request of one user (ServiceAccounts only), oldest first."""
+        if not self.audit_log.exists():
+            return []
+        found = []
+        with self.audit_log.open() as log:
+            for line in log:
+                event = json.loads(line)
+                if (event.get("user") or {}).get("username") == username:
+                    found.append(event)
+        return found
 
     # -- clients and credentials --
 
@@ -528,12 +574,12 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
 
 @contextlib.contextmanager
 def local_cluster(
-    *, workdir: Path | None = None, keep_logs: Path | None = None
+    *, workdir: Path | None = None, keep_logs: Path | None = None, audit: bool = False
 ) -> Iterator[LocalCluster]:
     """Start a cluster for the duration of a ``with`` block; always stops and cleans up."""
     owned = workdir is None
     work = workdir or Path(tempfile.mkdtemp(prefix="mailtrap-cluster-"))
-    cluster = LocalCluster(bin_dir=testbins_dir(), workdir=work)
+    cluster = LocalCluster(bin_dir=testbins_dir(), workdir=work, audit=audit)
     try:
         cluster.start()
         yield cluster
