@@ -5,10 +5,16 @@ so the Service an Ingress points at never exposes it. Both apps share one
 `Lifecycle`: `server` marks it started once both listen and stopping on SIGTERM,
 and the webhook app marks it stopping when it shuts down. ``/readyz`` answers 503
 while starting and while stopping, so Kubernetes sends no new requests to a receiver
-that cannot finish them; ``/healthz`` answers 200 whenever the loop runs.
+that cannot finish them; ``/healthz`` answers 200 whenever the loop runs, unless a
+part the receiver cannot work without has failed (`Lifecycle.failure`: the spool's
+writer process), so the liveness probe restarts the container. The
+durable sink reads `Lifecycle.stop_deadline` to know how long it may keep
+delivering what is pending after SIGTERM.
 """
 
 from __future__ import annotations
+
+import time
 
 import orjson
 from aiohttp import web
@@ -17,11 +23,22 @@ from .metrics import CONTENT_TYPE, Metrics
 
 
 class Lifecycle:
-    """Whether the receiver should get traffic: started and not stopping."""
+    """Whether the receiver should get traffic: started and not stopping, and, once
+    stopping, until when (``time.monotonic``) it may keep delivering."""
 
     def __init__(self) -> None:
         self.started = False
         self.stopping = False
+        self.stop_deadline: float | None = None
+        # Set when a part the receiver cannot work without has failed (the spool
+        # writer): /healthz fails, so Kubernetes restarts the container.
+        self.failure: str | None = None
+
+    def stop(self, *, grace_period: float) -> None:
+        """Start stopping now, with ``grace_period`` seconds to finish."""
+        if not self.stopping or self.stop_deadline is None:
+            self.stop_deadline = time.monotonic() + grace_period
+        self.stopping = True
 
     @property
     def ready(self) -> bool:
@@ -42,6 +59,8 @@ def create_admin_app(*, lifecycle: Lifecycle, metrics: Metrics) -> web.Applicati
     """The app of the health and metrics port."""
 
     async def healthz(request: web.Request) -> web.Response:
+        if lifecycle.failure is not None:
+            return _json(503, {"error": "unhealthy", "detail": lifecycle.failure})
         return _json(200, {"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:

@@ -42,11 +42,12 @@ from .admin import Lifecycle
 from .auth import BasicAuth, SecretFile, SourceGate, signature_matches, watch_secret_files
 from .config import ReceiverConfig
 from .deadletters import DeadLetter, DeadLetterStore, MemoryDeadLetterStore
+from .delivery import build_delivery
 from .events import Event, classify
 from .logs import request_fields
 from .metrics import Metrics
 from .parsing import BodyError, media_type, parse_events
-from .sinks import Sink, SinkOverloaded, SinkUnavailable, SubmitResult, build_delivery
+from .sinks import Sink, SinkOverloaded, SinkUnavailable, SubmitResult
 
 CONFIG: Final = web.AppKey("config", ReceiverConfig)
 METRICS: Final = web.AppKey("metrics", Metrics)
@@ -162,6 +163,16 @@ async def read_body(
     if length is not None and length > limit:
         raise Rejected(413, "body_too_large", f"the body is larger than {limit} bytes")
     content = request.content
+    if content.is_eof():
+        # The whole body came with the headers (Mailtrap's usually does): nothing to
+        # wait for, so no timer to arm; it is buffered already, so only the size counts.
+        try:
+            body = content.read_nowait()
+        except (web.RequestPayloadError, HttpProcessingError, ConnectionError):
+            raise Rejected(400, "malformed_body", "the body could not be read") from None
+        if len(body) > limit:
+            raise Rejected(413, "body_too_large", f"the body is larger than {limit} bytes")
+        return body
     chunks: list[bytes] = []
     size = 0
     try:
@@ -329,7 +340,7 @@ def create_app(
 ) -> web.Application:
     """The webhook app for ``config``.
 
-    Without a ``sink``, `sinks.build_delivery` picks the sink and dead-letter store
+    Without a ``sink``, `delivery.build_delivery` picks the sink and dead-letter store
     the config asks for. Secret files are read here, so a missing one raises
     `config.ConfigError` naming its key before anything listens.
     """
@@ -348,7 +359,9 @@ def create_app(
         else None
     )
     if sink is None:
-        sink, built_dead_letters = build_delivery(config=config, metrics=metrics)
+        sink, built_dead_letters = build_delivery(
+            config=config, metrics=metrics, lifecycle=lifecycle
+        )
         if dead_letters is None:
             dead_letters = built_dead_letters
     if dead_letters is None:

@@ -6,10 +6,11 @@ test) has a private set; the admin app serves it on ``/metrics``. Names carry th
 canonical event names (``events.CANONICAL_EVENTS``), fixed reason codes and
 configured target names; never an event id, address or path.
 
-Request-side metrics are filled by `app`; the delivery-side ones by the sink
-(`sinks`), where the durable spool of the next stage fills queue depth and oldest
-pending age. Hot-path code calls the small methods here, which keep label children
-in plain dicts so a request does not pay prometheus-client's label lookup.
+Request-side metrics are filled by `app`; the delivery-side ones by `sinks.post`
+(every request to a target) and, in ack mode ``durable``, by `delivery` (queue depth
+and oldest pending age about once a second, dead letters once they are stored).
+Hot-path code calls the small methods here, which keep label children in plain
+dicts so a request does not pay prometheus-client's label lookup.
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ class Metrics:
         )
         self.dead_letters = Counter(
             PREFIX + "dead_letters_total",
-            "Events given up on and kept in the dead-letter store, by target and reason.",
+            "Events given up on and kept in the dead-letter store, by target and reason "
+            "(attempts_exhausted, rejected).",
             ["target", "reason"],
             registry=r,
         )
@@ -138,6 +140,8 @@ class Metrics:
         }
         self._deliveries: dict[tuple[str, str], Counter] = {}
         self._targets: dict[str, tuple[Histogram, Histogram]] = {}
+        self._queues: dict[str, tuple[Gauge, Gauge]] = {}
+        self._dead_letters: dict[tuple[str, str], Counter] = {}
 
     def observe_request(self, code: int, seconds: float) -> None:
         child = self._requests.get(code)
@@ -167,8 +171,12 @@ class Metrics:
             self.delivery_duration.labels(target),
             self.end_to_end_lag.labels(target),
         )
-        self.queue_depth.labels(target).set(0)
-        self.oldest_pending_age.labels(target).set(0)
+        self._queues[target] = (
+            self.queue_depth.labels(target),
+            self.oldest_pending_age.labels(target),
+        )
+        for gauge in self._queues[target]:
+            gauge.set(0)
 
     def delivery(self, target: str, outcome: str, seconds: float) -> None:
         self._deliveries[(target, outcome)].inc()
@@ -176,6 +184,18 @@ class Metrics:
 
     def lag(self, target: str, seconds: float) -> None:
         self._targets[target][1].observe(seconds)
+
+    def dead_letter(self, target: str, reason: str) -> None:
+        child = self._dead_letters.get((target, reason))
+        if child is None:
+            child = self._dead_letters[(target, reason)] = self.dead_letters.labels(target, reason)
+        child.inc()
+
+    def pending(self, target: str, *, depth: int, oldest_age: float) -> None:
+        """A target's queue, as the durable sink last saw it."""
+        depth_gauge, age_gauge = self._queues[target]
+        depth_gauge.set(depth)
+        age_gauge.set(oldest_age)
 
     def render(self) -> bytes:
         """The text exposition format, for ``/metrics``."""

@@ -1,12 +1,11 @@
-"""Where accepted events go: the Sink interface, routing to targets, and forwarding.
+"""Where accepted events go: the Sink interface, routing, encoding, and one request to a target.
 
 `app` hands every valid event of a request to a `Sink` and answers Mailtrap from
 what `submit` returns or raises. The sink owns de-duplication, because whether an
-event counts as "seen" depends on how it is kept: the forwarding sink here marks an
-event seen only once every matching target accepted it, and the durable spool of
-the next stage will de-duplicate inside the same SQLite transaction that stores the
-event. The interface is small so that spool replaces `ForwardingSink` through
-`build_delivery` alone, without `app` changing:
+event counts as "seen" depends on how it is kept: `ForwardingSink` (ack mode
+``delivered``) marks an event seen only once every matching target accepted it;
+`delivery.SpoolSink` (ack mode ``durable``) de-duplicates inside the SQLite
+transaction that stores the event. `delivery.build_delivery` picks one:
 
 .. code-block:: python
 
@@ -21,13 +20,17 @@ wants them: outside the top-level ``events`` filter or every target's own). It r
 `SinkUnavailable` when it cannot take the events now (``app`` answers 503, so
 Mailtrap retries) and `SinkOverloaded` when it is full (429).
 
-`Routes` applies the filters once per canonical event name, at start: top-level
-``events`` first, then each target's ``events``; an empty filter means every type,
-so ``unknown`` events reach the targets without a filter. `encode` builds what a
-target receives: for format ``mailtrap`` the original event object (a batch as
-``{"events": [...]}``), for ``cloudevents`` CloudEvents 1.0 structured JSON (a batch
-as an array), with ``Idempotency-Key`` and ``X-Mailtrap-Event`` headers and, when
-the target has a signing secret, ``X-Mailtrap-Receiver-Signature``.
+Both sinks share the rest of this module. `Routes` applies the filters once per
+canonical event name, at start: top-level ``events`` first, then each target's
+``events``; an empty filter means every type, so ``unknown`` events reach the
+targets without a filter. A `Payload` is one event as it is forwarded: its original
+JSON bytes plus what headers and metrics need, so the spool can keep it without
+parsing it again. `encode` builds what a target receives: for format ``mailtrap``
+the original event object (a batch as ``{"events": [...]}``), for ``cloudevents``
+CloudEvents 1.0 structured JSON (a batch as an array), with ``Idempotency-Key`` and
+``X-Mailtrap-Event`` headers and, when the target has a signing secret,
+``X-Mailtrap-Receiver-Signature``. `post` sends one request and counts it;
+`log_delivery` writes its one log line; `retry.verdict` says what the answer means.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,11 +52,11 @@ import structlog
 from . import __version__
 from .auth import SecretFile, sign, watch_secret_files
 from .config import ReceiverConfig, TargetConfig
-from .deadletters import DeadLetterStore, MemoryDeadLetterStore
 from .dedup import DedupCache
 from .events import CANONICAL_EVENTS, Event, EventName
 from .logs import MAX_IDS_LOGGED
 from .metrics import Metrics
+from .retry import parse_retry_after, verdict
 
 TARGET_SIGNATURE_HEADER: Final = "X-Mailtrap-Receiver-Signature"
 CLOUDEVENTS_SOURCE: Final = "mailtrap-receiver"
@@ -63,6 +67,15 @@ RESERVED_HEADERS: Final = frozenset(
 # A target's answer is only looked at for its status; reading a little of it lets
 # the connection be reused without buffering whatever a target sends back.
 _RESPONSE_READ_LIMIT: Final = 64 * 1024
+# Longer event keys go out as a hash in Idempotency-Key.
+_MAX_PLAIN_KEY: Final = 200
+# What a dead letter keeps of a refusing target's answer: enough to see why.
+RESPONSE_EXCERPT_CHARS: Final = 1024
+# Ack mode ``delivered``: Mailtrap waits for the answer, so a target's hiccup is
+# retried a few times at once rather than costing Mailtrap's next retry (minutes).
+QUICK_ATTEMPTS: Final = 3
+QUICK_BACKOFF: Final = 0.1  # seconds before the first quick retry, doubled after
+QUICK_BUDGET: Final = 5.0  # no quick retry starts later than this after the first attempt
 
 log = structlog.get_logger("mailtrap_receiver.sinks")
 
@@ -94,6 +107,29 @@ class SinkOverloaded(SinkUnavailable):
     """The sink is full; Mailtrap should slow down and send them again (429)."""
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Payload:
+    """One event as it is forwarded (shared by every target it goes to)."""
+
+    key: str  # de-duplication key (``event_id``), the Idempotency-Key of a single event
+    name: EventName
+    body: bytes  # the original event object as JSON
+    timestamp: float | None  # Unix seconds, normalised (end-to-end lag, CloudEvents time)
+    message_id: str | None
+    spool_id: int = 0  # its row in the spool; 0 when not spooled
+
+    @classmethod
+    def from_event(cls, event: Event, *, spool_id: int = 0) -> Payload:
+        return cls(
+            event.key,
+            event.name,
+            orjson.dumps(event.data),
+            event.timestamp,
+            event.message_id,
+            spool_id,
+        )
+
+
 def target_url(target: TargetConfig, *, namespace: str) -> str:
     """A target's URL: its ``url``, or its Service's in-cluster address."""
     if target.url is not None:
@@ -120,6 +156,7 @@ class Route:
     url: str
     format: str
     batch_size: int
+    concurrency: int
     timeout: aiohttp.ClientTimeout
     headers: Mapping[str, str]
     secret: SecretFile | None
@@ -137,6 +174,7 @@ class Route:
             url=target_url(target, namespace=namespace),
             format=target.format,
             batch_size=target.batch_size,
+            concurrency=target.concurrency,
             timeout=aiohttp.ClientTimeout(total=target.timeout),
             headers={
                 name: value
@@ -165,54 +203,73 @@ class Routes:
             )
             for name in CANONICAL_EVENTS
         }
+        self.names: dict[str, tuple[str, ...]] = {
+            name: tuple(route.name for route in routes) for name, routes in self._by_event.items()
+        }
 
     def __getitem__(self, name: EventName) -> tuple[Route, ...]:
         return self._by_event[name]
 
-
-def _batch_key(events: Sequence[Event]) -> str:
-    if len(events) == 1:
-        return events[0].key
-    return "batch:" + hashlib.sha256("\n".join(e.key for e in events).encode()).hexdigest()
+    def secrets(self) -> list[SecretFile]:
+        return [route.secret for route in self.targets if route.secret is not None]
 
 
-def _cloudevent(event: Event) -> dict[str, Any]:
+def batch_key(payloads: Sequence[Payload]) -> str:
+    """The Idempotency-Key of a request: the event's key, or a hash of a batch's keys.
+
+    A key is the sender's ``event_id``, any string: one that is not plain printable
+    ASCII (or is very long) is sent as its hash, so it cannot break or inject headers.
+    """
+    if len(payloads) == 1:
+        key = payloads[0].key
+        if len(key) <= _MAX_PLAIN_KEY and key.isascii() and key.isprintable() and " " not in key:
+            return key
+        return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    digest = hashlib.sha256(
+        "\n".join(p.key for p in payloads).encode("utf-8", "surrogatepass")
+    ).hexdigest()
+    return "batch:" + digest
+
+
+def _cloudevent(payload: Payload) -> dict[str, Any]:
     envelope: dict[str, Any] = {
         "specversion": "1.0",
-        "id": event.key,
+        "id": payload.key,
         "source": CLOUDEVENTS_SOURCE,
-        "type": f"io.mailtrap.{event.name}",
+        "type": f"io.mailtrap.{payload.name}",
         "datacontenttype": "application/json",
-        "data": event.data,
+        # Embedded as stored: the original event, not parsed and serialised again.
+        "data": orjson.Fragment(payload.body),
     }
-    timestamp = event.timestamp
-    if timestamp is not None:
-        envelope["time"] = datetime.fromtimestamp(timestamp, UTC).isoformat()
-    message_id = event.message_id
-    if message_id is not None:
-        envelope["subject"] = message_id
+    if payload.timestamp is not None:
+        envelope["time"] = datetime.fromtimestamp(payload.timestamp, UTC).isoformat()
+    if payload.message_id is not None:
+        envelope["subject"] = payload.message_id
     return envelope
 
 
-def encode(route: Route, events: Sequence[Event]) -> tuple[bytes, dict[str, str]]:
-    """The body and headers of one request carrying ``events`` to ``route``."""
-    single = len(events) == 1
+def encode(route: Route, payloads: Sequence[Payload]) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of one request carrying ``payloads`` to ``route``."""
+    single = len(payloads) == 1
     if route.format == "cloudevents":
         if single:
-            body = orjson.dumps(_cloudevent(events[0]))
+            body = orjson.dumps(_cloudevent(payloads[0]))
             content_type = "application/cloudevents+json"
         else:
-            body = orjson.dumps([_cloudevent(event) for event in events])
+            body = orjson.dumps([_cloudevent(payload) for payload in payloads])
             content_type = "application/cloudevents-batch+json"
     else:
-        data = events[0].data if single else {"events": [event.data for event in events]}
-        body = orjson.dumps(data)
+        if single:
+            body = payloads[0].body
+        else:
+            body = b'{"events":[' + b",".join([p.body for p in payloads]) + b"]}"
         content_type = "application/json"
-    names = dict.fromkeys(event.name for event in events)
+    names = dict.fromkeys(payload.name for payload in payloads)
     headers = {
         **route.headers,
         "Content-Type": content_type,
-        "Idempotency-Key": _batch_key(events),
+        "Idempotency-Key": batch_key(payloads),
+        # A mixed batch names each type once, in order of first appearance.
         "X-Mailtrap-Event": ",".join(names),
     }
     if route.secret is not None:
@@ -221,13 +278,107 @@ def encode(route: Route, events: Sequence[Event]) -> tuple[bytes, dict[str, str]
     return body, headers
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """How one request to a target went."""
+
+    status: int | None  # None: no answer (connection error or timeout)
+    error: str | None  # the exception's class name when there was no answer
+    retry_after: float | None  # seconds the target asked to wait
+    response: str | None  # the start of a non-2xx answer's body
+    seconds: float
+
+    @property
+    def delivered(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def outcome(self) -> str:
+        """The ``outcome`` label of ``deliveries_total``."""
+        if self.status is None:
+            return "error"
+        return "delivered" if self.delivered else "rejected"
+
+
+def new_session() -> aiohttp.ClientSession:
+    """The HTTP client both sinks send with."""
+    return aiohttp.ClientSession(
+        headers={"User-Agent": f"mailtrap-receiver/{__version__}"},
+        # Per-target limits bound concurrency; the pool should not add one.
+        connector=aiohttp.TCPConnector(limit=0),
+        trust_env=False,
+    )
+
+
+async def post(
+    session: aiohttp.ClientSession,
+    route: Route,
+    payloads: Sequence[Payload],
+    *,
+    metrics: Metrics,
+) -> Attempt:
+    """One request carrying ``payloads`` to ``route``, counted in the metrics. Never raises
+    for the target's sake (a refusal, a timeout or a reset is an `Attempt`)."""
+    body, headers = encode(route, payloads)
+    status: int | None = None
+    error: str | None = None
+    retry_after: float | None = None
+    excerpt: str | None = None
+    started = time.perf_counter()
+    try:
+        # No redirects: a target that moved is a configuration problem, shown as a
+        # dead letter with its answer, not followed with events and signatures.
+        async with session.post(
+            route.url, data=body, headers=headers, timeout=route.timeout, allow_redirects=False
+        ) as response:
+            status = response.status
+            content = await response.content.read(_RESPONSE_READ_LIMIT)
+            if not 200 <= status < 300:
+                excerpt = content[:RESPONSE_EXCERPT_CHARS].decode("utf-8", "replace")
+                retry_after = parse_retry_after(
+                    response.headers.get("Retry-After"), now=time.time()
+                )
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        error = type(exc).__name__
+    seconds = time.perf_counter() - started
+    attempt = Attempt(status, error, retry_after, excerpt, seconds)
+    metrics.delivery(route.name, attempt.outcome, seconds)
+    if attempt.delivered:
+        now = time.time()
+        for payload in payloads:
+            if payload.timestamp is not None:
+                metrics.lag(route.name, max(0.0, now - payload.timestamp))
+    return attempt
+
+
+def log_delivery(
+    route: Route, payloads: Sequence[Payload], result: Attempt, **fields: object
+) -> None:
+    """The one log line per request to a target (never its body or headers)."""
+    head = payloads[:MAX_IDS_LOGGED]
+    (log.info if result.delivered else log.warning)(
+        "delivery",
+        target=route.name,
+        outcome=result.outcome,
+        status=result.status,
+        error=result.error,
+        events=len(payloads),
+        event_ids=[p.key for p in head],
+        message_ids=[p.message_id for p in head if p.message_id is not None],
+        duration_ms=round(result.seconds * 1000, 2),
+        **fields,
+    )
+
+
 class ForwardingSink:
-    """Forwards each new event to its targets before answering: ack means delivered.
+    """Ack mode ``delivered``: forwards each new event to its targets before answering.
 
     An event is marked seen only when every matching target accepted it; if any did
-    not, `submit` raises `SinkUnavailable` (so Mailtrap retries), and the events that
-    did reach all their targets are already marked, so the retry skips them. An event
-    that another request is forwarding right now is waited for, not sent twice.
+    not (after `QUICK_ATTEMPTS` attempts within `QUICK_BUDGET` for answers worth
+    retrying), `submit` raises `SinkUnavailable` (so Mailtrap retries), and the
+    events that did reach all their targets are already marked, so the retry skips
+    them. An event that another request is forwarding right now is waited for, not
+    sent twice. Nothing is stored on disk.
     """
 
     def __init__(
@@ -238,11 +389,13 @@ class ForwardingSink:
         namespace: str | None = None,
         dedup: DedupCache | None = None,
         secret_poll_interval: float = 1.0,
+        quick_attempts: int = QUICK_ATTEMPTS,
     ) -> None:
         self._routes = Routes(config, namespace=namespace or default_namespace())
         self._metrics = metrics
         self._seen = dedup or DedupCache(window=config.delivery.dedup_window)
         self._secret_poll_interval = secret_poll_interval
+        self._quick_attempts = quick_attempts
         self._in_flight: dict[str, asyncio.Future[bool]] = {}
         self._session: aiohttp.ClientSession | None = None
         self._watcher: asyncio.Task[None] | None = None
@@ -250,13 +403,8 @@ class ForwardingSink:
             metrics.add_target(route.name)
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(
-            headers={"User-Agent": f"mailtrap-receiver/{__version__}"},
-            # Per-target semaphores bound concurrency; the pool should not add a limit.
-            connector=aiohttp.TCPConnector(limit=0),
-            trust_env=False,
-        )
-        secrets = [route.secret for route in self._routes.targets if route.secret is not None]
+        self._session = new_session()
+        secrets = self._routes.secrets()
         if secrets:
             self._watcher = asyncio.create_task(
                 watch_secret_files(secrets, interval=self._secret_poll_interval)
@@ -312,70 +460,47 @@ class ForwardingSink:
 
     async def _forward(self, events: Sequence[Event]) -> set[str]:
         """Send ``events`` to their targets; the keys of those some target did not take."""
-        per_route: dict[Route, list[Event]] = {}
+        per_route: dict[Route, list[Payload]] = {}
         for event in events:
+            payload = Payload.from_event(event)
             for route in self._routes[event.name]:
-                per_route.setdefault(route, []).append(event)
+                per_route.setdefault(route, []).append(payload)
         chunks = [
             (route, batch[start : start + route.batch_size])
             for route, batch in per_route.items()
             for start in range(0, len(batch), route.batch_size)
         ]
         if len(chunks) == 1:
-            outcomes = [await self._post(*chunks[0])]
+            outcomes = [await self._deliver(*chunks[0])]
         else:
-            outcomes = await asyncio.gather(*(self._post(route, chunk) for route, chunk in chunks))
+            outcomes = await asyncio.gather(
+                *(self._deliver(route, chunk) for route, chunk in chunks)
+            )
         return {
-            event.key
+            payload.key
             for (_, chunk), delivered in zip(chunks, outcomes, strict=True)
             if not delivered
-            for event in chunk
+            for payload in chunk
         }
 
-    async def _post(self, route: Route, events: Sequence[Event]) -> bool:
-        """One request to one target; True when it answered 2xx. Never raises."""
+    async def _deliver(self, route: Route, payloads: Sequence[Payload]) -> bool:
+        """Quick attempts to hand ``payloads`` to ``route``; True once it answered 2xx."""
         if self._session is None:
             raise RuntimeError("ForwardingSink.start() was not called")
-        body, headers = encode(route, events)
-        status: int | None = None
-        error: str | None = None
-        async with route.limit:
-            started = time.perf_counter()
-            try:
-                async with self._session.post(
-                    route.url, data=body, headers=headers, timeout=route.timeout
-                ) as response:
-                    status = response.status
-                    await response.content.read(_RESPONSE_READ_LIMIT)
-            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                error = type(exc).__name__
-            seconds = time.perf_counter() - started
-        delivered = status is not None and 200 <= status < 300
-        outcome = "delivered" if delivered else ("rejected" if status is not None else "error")
-        self._metrics.delivery(route.name, outcome, seconds)
-        if delivered:
-            now = time.time()
-            for event in events:
-                timestamp = event.timestamp
-                if timestamp is not None:
-                    self._metrics.lag(route.name, max(0.0, now - timestamp))
-        (log.info if delivered else log.warning)(
-            "delivery",
-            target=route.name,
-            outcome=outcome,
-            status=status,
-            error=error,
-            events=len(events),
-            event_ids=[event.key for event in events[:MAX_IDS_LOGGED]],
-            duration_ms=round(seconds * 1000, 2),
-        )
-        return delivered
-
-
-def build_delivery(*, config: ReceiverConfig, metrics: Metrics) -> tuple[Sink, DeadLetterStore]:
-    """The sink and dead-letter store the config asks for."""
-    if config.delivery.ack == "durable":
-        # The durable spool is the next stage; until then both modes forward before
-        # answering, which loses nothing (a failed target means a 503 and a retry).
-        log.warning("delivery.ack durable is not available yet; acknowledging after delivery")
-    return ForwardingSink(config=config, metrics=metrics), MemoryDeadLetterStore()
+        started = time.monotonic()
+        delay = QUICK_BACKOFF
+        for number in range(1, self._quick_attempts + 1):
+            async with route.limit:
+                attempt = await post(self._session, route, payloads, metrics=self._metrics)
+            log_delivery(route, payloads, attempt, attempt=number)
+            if attempt.delivered:
+                return True
+            if verdict(attempt.status) == "dead" or number == self._quick_attempts:
+                return False
+            # Jittered so requests failing together do not retry together.
+            wait = max(delay * random.uniform(0.5, 1.0), attempt.retry_after or 0.0)  # noqa: S311
+            if time.monotonic() + wait - started > QUICK_BUDGET:
+                return False
+            await asyncio.sleep(wait)
+            delay *= 2
+        return False

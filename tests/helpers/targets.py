@@ -1,17 +1,21 @@
 """A real HTTP target on loopback that records what the receiver forwards to it.
 
 `RecordingTarget` is an aiohttp server on 127.0.0.1 and a free port. Tests read
-`received` (path, headers, raw body of each request), choose the status it answers
-with, and can hold requests until released (`hold`/`release`) to keep them in
-flight. It runs in the test's event loop, so tests that start processes must not
-block that loop while the receiver forwards (use asyncio subprocesses).
+`received` (path, headers, raw body and arrival time of each request), choose the
+status it answers with (and extra response headers, such as ``Retry-After``), can
+hold requests until released (`hold`/`release`) to keep them in flight, and can take
+it down (`stop`: connections are refused) and bring it back on the same port
+(`start` again). `event_ids` reads the event ids out of every body, whatever the
+format and batching. It runs in the test's event loop, so tests that start processes
+must not block that loop while the receiver forwards (use asyncio subprocesses).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -23,9 +27,21 @@ class Received:
     path: str
     headers: Mapping[str, str]  # case-insensitive (aiohttp's CIMultiDictProxy)
     body: bytes
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     def json(self) -> Any:
         return orjson.loads(self.body)
+
+    def event_ids(self) -> list[str]:
+        """The event ids this request carried (mailtrap or cloudevents, one or a batch)."""
+        data = self.json()
+        items = data["events"] if isinstance(data, dict) and "events" in data else data
+        if not isinstance(items, list):
+            items = [items]
+        return [
+            str(item["data"]["event_id"] if "specversion" in item else item["event_id"])
+            for item in items
+        ]
 
 
 class RecordingTarget:
@@ -34,17 +50,20 @@ class RecordingTarget:
     def __init__(self) -> None:
         self.received: list[Received] = []
         self.status = 200
+        self.response_headers: dict[str, str] = {}
         self.arrived = asyncio.Event()  # set on each request; tests clear it to wait again
         self._gate: asyncio.Event | None = None
         self._runner: web.AppRunner | None = None
         self.url = ""
+        self.port = 0
+        self._path = "/events"
 
     async def _handle(self, request: web.Request) -> web.Response:
         self.received.append(Received(request.path, request.headers, await request.read()))
         self.arrived.set()
         if self._gate is not None:
             await self._gate.wait()
-        return web.Response(status=self.status, text="ok")
+        return web.Response(status=self.status, text="ok", headers=self.response_headers)
 
     def hold(self) -> None:
         """Keep requests waiting (in flight) until `release`."""
@@ -55,21 +74,32 @@ class RecordingTarget:
             self._gate.set()
             self._gate = None
 
-    async def start(self, path: str = "/events") -> RecordingTarget:
+    async def start(self, path: str | None = None) -> RecordingTarget:
+        """Listen (again: on the same port once it had one)."""
+        self._path = path or self._path
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
-        host, port = self._runner.addresses[0][:2]
-        self.url = f"http://{host}:{port}{path}"
+        host, self.port = self._runner.addresses[0][:2]
+        self.url = f"http://{host}:{self.port}{self._path}"
         return self
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
+        """Stop listening: requests to `url` are refused until `start`."""
         self.release()
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
+
+    async def close(self) -> None:
+        await self.stop()
 
     def bodies(self) -> list[Any]:
         return [item.json() for item in self.received]
+
+    def event_ids(self) -> list[str]:
+        """Every event id received, in arrival order, repeats included."""
+        return [event_id for item in self.received for event_id in item.event_ids()]

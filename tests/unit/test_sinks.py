@@ -15,7 +15,9 @@ from mailtrap_receiver.config import ReceiverConfig, parse_config
 from mailtrap_receiver.events import Event, classify
 from mailtrap_receiver.metrics import Metrics
 from mailtrap_receiver.sinks import (
+    QUICK_ATTEMPTS,
     ForwardingSink,
+    Payload,
     Route,
     Routes,
     SinkUnavailable,
@@ -35,6 +37,10 @@ def event(**fields: Any) -> Event:
     result = classify(delivery_event(**fields))
     assert isinstance(result, Event)
     return result
+
+
+def payload(**fields: Any) -> Payload:
+    return Payload.from_event(event(**fields))
 
 
 def route(**target: Any) -> Route:
@@ -77,20 +83,22 @@ def test_routes_apply_the_top_level_filter_then_each_targets() -> None:
 
 def test_mailtrap_format_single_and_batch() -> None:
     first, second = event(), event(event="spam")
-    body, headers = encode(route(), [first])
+    body, headers = encode(route(), [Payload.from_event(first)])
     assert orjson.loads(body) == first.data
     assert headers["Idempotency-Key"] == first.key
     assert headers["X-Mailtrap-Event"] == "delivery"
-    body, headers = encode(route(), [first, second])
+    first_payload, second_payload = Payload.from_event(first), Payload.from_event(second)
+    body, headers = encode(route(), [first_payload, second_payload])
     assert orjson.loads(body) == {"events": [first.data, second.data]}
     assert headers["X-Mailtrap-Event"] == "delivery,spam_complaint"
     assert headers["Idempotency-Key"].startswith("batch:")
-    assert encode(route(), [second, first])[1]["Idempotency-Key"] != headers["Idempotency-Key"]
+    reversed_key = encode(route(), [second_payload, first_payload])[1]["Idempotency-Key"]
+    assert reversed_key != headers["Idempotency-Key"]
 
 
 def test_cloudevents_format() -> None:
     item = event(event="soft bounce", timestamp=1_716_915_293)
-    body, headers = encode(route(format="cloudevents"), [item])
+    body, headers = encode(route(format="cloudevents"), [Payload.from_event(item)])
     envelope = orjson.loads(body)
     assert headers["Content-Type"] == "application/cloudevents+json"
     assert envelope["specversion"] == "1.0"
@@ -99,7 +107,7 @@ def test_cloudevents_format() -> None:
     assert envelope["time"] == "2024-05-28T16:54:53+00:00"
     assert envelope["subject"] == item.data["message_id"]
     assert envelope["data"] == item.data
-    body, headers = encode(route(format="cloudevents"), [item, event()])
+    body, headers = encode(route(format="cloudevents"), [Payload.from_event(item), payload()])
     assert headers["Content-Type"] == "application/cloudevents-batch+json"
     assert orjson.loads(body)[0]["id"] == item.key
 
@@ -111,7 +119,7 @@ def test_configured_headers_cannot_replace_the_receivers(tmp_path: Path) -> None
         headers={"Authorization": "Bearer t", "content-type": "text/plain", "IDEMPOTENCY-KEY": "x"},
         signingSecretFile=str(secret),
     )
-    body, headers = encode(r, [event()])
+    body, headers = encode(r, [payload()])
     assert headers["Authorization"] == "Bearer t"
     assert headers["Content-Type"] == "application/json"
     assert {name.lower() for name in headers} == {
@@ -166,7 +174,7 @@ async def test_an_event_is_seen_only_once_every_target_took_it(
     finally:
         await sink.close()
     assert len(target.received) == 2
-    assert len(second_target.received) == 2
+    assert len(second_target.received) == QUICK_ATTEMPTS + 1  # the 503s were retried at once
 
 
 async def test_an_event_in_flight_elsewhere_is_waited_for_not_sent_twice(
@@ -215,3 +223,38 @@ async def test_filtered_events_are_counted_not_sent(target: RecordingTarget) -> 
         await sink.close()
     assert (result.accepted, result.filtered) == (1, 1)
     assert [item.headers["X-Mailtrap-Event"] for item in target.received] == ["bounce"]
+
+
+async def test_delivered_mode_retries_a_hiccup_within_the_request(
+    target: RecordingTarget,
+) -> None:
+    sink = await started(config_with({"name": "t", "url": target.url}))
+    try:
+        target.status = 503
+        submitting = asyncio.create_task(sink.submit([event()]))
+        await eventually(lambda: bool(target.received))
+        target.status = 200  # back before the quick retry
+        assert (await submitting).accepted == 1
+    finally:
+        await sink.close()
+    assert len(target.received) == 2
+
+
+async def test_delivered_mode_does_not_retry_a_refusal(target: RecordingTarget) -> None:
+    sink = await started(config_with({"name": "t", "url": target.url}))
+    try:
+        target.status = 400
+        with pytest.raises(SinkUnavailable):
+            await sink.submit([event()])
+    finally:
+        await sink.close()
+    assert len(target.received) == 1
+
+
+def test_an_unsafe_event_id_goes_out_hashed_in_the_header() -> None:
+    for unsafe in ("a\x08b", "line\r\nX-Injected: 1", "é" * 3, "x" * 500, "two words"):
+        item = Payload.from_event(event(event_id=unsafe))
+        body, headers = encode(route(), [item])
+        assert headers["Idempotency-Key"].startswith("sha256:")
+        assert headers["Idempotency-Key"].isascii()
+        assert orjson.loads(body)["event_id"] == unsafe  # the body keeps it as sent

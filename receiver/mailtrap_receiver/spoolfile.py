@@ -1,0 +1,875 @@
+"""The spool file: its SQLite schema, every statement run on it, and the process that writes it.
+
+Three users open the file. The spool writer process (`serve`, started by
+`spool.Spool` as ``python -m mailtrap_receiver.spoolfile``) is the only writer
+while a receiver runs; ``mailtrap-receiver dlq`` (`dlq`) reads and changes dead
+letters beside it; unit tests drive `SpoolFile` directly. Nothing here imports the
+web stack, so the writer process starts fast and small.
+
+Durability. The file is in WAL mode with ``synchronous=FULL``: a commit is on disk
+when it returns. `SpoolFile.write` puts everything the receiver sends in one call
+(new events of many requests, delivery outcomes, dead letters) into one transaction
+with one fsync: the group commit. De-duplication happens in the same transaction:
+a key is accepted only if ``dedup`` does not hold it unexpired (the first of a group
+wins), so the state survives restarts and an event is never answered "duplicate" of
+something not stored. Expired keys are pruned in small batches when idle.
+
+Why a process of its own. Python's sqlite3 module releases the GIL around every
+step of a statement; in the receiver's process each release would have to win the
+GIL back from a busy event loop, and those waits, not the disk, set the pace. Here
+the writer, a reader (worker polls, metrics, dead-letter listings) and a WAL
+checkpointer (so a checkpoint's fsync never delays a commit) are threads of their
+own process; the receiver only sends and receives pickled tuples over a socket
+pair (both ends are this program, so pickle is safe).
+
+Schema (version `SCHEMA_VERSION` in ``PRAGMA user_version``; `migrate` brings any
+older file, or an empty one, up to date, one transaction per version):
+
+- ``events``: one row per accepted event (original JSON, key, canonical name, event
+  time in seconds, message id, when received), deleted once no target needs it;
+- ``pending``: one row per (target, event) still to deliver, with attempts, next
+  attempt time and the last failure; indexed by (target, next_attempt_at) for "what
+  is due", and by its key (target, event_id) for "oldest pending";
+- ``dedup``: keys seen and when they expire (indexed by expiry for pruning);
+- ``dead_letters``: events given up on (target, reason, last status and answer,
+  attempts, the event itself) and invalid events (no target).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import pickle
+import queue
+import signal
+import socket
+import sqlite3
+import struct
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import orjson
+
+SCHEMA_VERSION: Final = 1
+# Each version's statements, applied in order from the file's user_version.
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (
+    (
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL,
+            name TEXT NOT NULL,
+            body BLOB NOT NULL,
+            occurred_at REAL,
+            message_id TEXT,
+            received_at REAL NOT NULL
+        )""",
+        """CREATE TABLE pending (
+            target TEXT NOT NULL,
+            event_id INTEGER NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL,
+            last_status INTEGER,
+            last_error TEXT,
+            PRIMARY KEY (target, event_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX pending_due ON pending (target, next_attempt_at)",
+        """CREATE TABLE dedup (
+            key TEXT PRIMARY KEY,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX dedup_expiry ON dedup (expires_at)",
+        """CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            target TEXT,
+            key TEXT NOT NULL,
+            name TEXT,
+            reason TEXT NOT NULL,
+            detail TEXT NOT NULL,
+            status INTEGER,
+            response TEXT,
+            attempts INTEGER NOT NULL,
+            body BLOB NOT NULL,
+            occurred_at REAL,
+            message_id TEXT,
+            received_at REAL NOT NULL,
+            failed_at REAL NOT NULL
+        )""",
+        "CREATE INDEX dead_letters_target ON dead_letters (target, id)",
+    ),
+)
+if len(MIGRATIONS) != SCHEMA_VERSION:  # pragma: no cover - a guard for whoever adds one
+    raise AssertionError("every schema version needs its migration")
+
+# How long a connection waits for another's write lock (dlq commands, the writer)
+# before giving up. Writers hold it for milliseconds.
+BUSY_TIMEOUT: Final = 10.0
+# Keys are IN-list parameters; SQLite allows 32766 per statement since 3.32.
+_IN_CHUNK: Final = 500
+# Background work of the writer when idle, so it never costs a request much.
+MAINTENANCE_INTERVAL: Final = 5.0
+_PRUNE_BATCH: Final = 2000
+_PRUNE_ROUNDS: Final = 5
+# Counting a long backlog takes a while, so it is recounted less often then.
+_RECOUNT_CHEAP: Final = 50_000
+_RECOUNT_SLOW_INTERVAL: Final = 60.0
+CHECKPOINT_INTERVAL: Final = 0.5
+# After a checkpoint has copied everything, SQLite reuses the WAL from its start;
+# this bounds what the file keeps of its size meanwhile.
+_JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
+_CACHE_KIB: Final = 32 * 1024
+
+# Rows as the receiver sends them (plain tuples: cheap to pickle).
+# A new event: key, canonical name, JSON body, event time, message id, its targets.
+StoreRow = tuple[str, str, bytes, float | None, str | None, tuple[str, ...]]
+# An invalid event: target (None), key, name, reason, detail, body, event time,
+# message id, when received.
+LetterRow = tuple[str | None, str, str | None, str, str, bytes, float | None, str | None, float]
+# A delivery outcome: kind (delivered, retry, dead), target, event id, attempts,
+# next attempt time, status, error, answer excerpt, dead-letter reason, detail.
+OutcomeRow = tuple[str, str, int, int, float, int | None, str | None, str | None, str | None, str]
+# What a poll returns per event: id, key, name, body, event time, message id, attempts.
+PendingRow = tuple[int, str, str, bytes, float | None, str | None, int]
+
+T = TypeVar("T")
+
+
+class SpoolError(Exception):
+    """The spool file cannot be used (not a spool, a newer schema, unwritable)."""
+
+
+def connect(path: str | Path) -> sqlite3.Connection:
+    """A connection with the spool's settings; transactions are explicit."""
+    conn = sqlite3.connect(
+        str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: in WAL mode a commit is fsynced before it returns (NORMAL would not).
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute(f"PRAGMA journal_size_limit={_JOURNAL_SIZE_LIMIT}")
+    conn.execute(f"PRAGMA cache_size=-{_CACHE_KIB}")
+    return conn
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("PRAGMA user_version").fetchone()
+    return int(row[0])
+
+
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[None]:
+    """One transaction: committed if the block returns, rolled back if it raises."""
+    conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Bring the schema up to `SCHEMA_VERSION`, one transaction per version."""
+    version = schema_version(conn)
+    if version > SCHEMA_VERSION:
+        raise SpoolError(
+            f"the spool has schema version {version}; this receiver knows up to "
+            f"{SCHEMA_VERSION} (was it written by a newer receiver?)"
+        )
+    while version < SCHEMA_VERSION:
+        with transaction(conn):
+            for statement in MIGRATIONS[version]:
+                conn.execute(statement)
+            version += 1
+            conn.execute(f"PRAGMA user_version={version}")
+    return version
+
+
+def open_existing(path: str | Path) -> sqlite3.Connection:
+    """A connection to an existing spool of this schema version (for ``dlq``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise SpoolError(f"no spool file at {file}")
+    conn = connect(file)
+    version = schema_version(conn)
+    if version != SCHEMA_VERSION:
+        conn.close()
+        raise SpoolError(
+            f"{file} has spool schema version {version}; this tool reads version "
+            f"{SCHEMA_VERSION}" + (" (is it a spool?)" if version == 0 else "")
+        )
+    return conn
+
+
+def _chunks(items: Sequence[T], size: int = _IN_CHUNK) -> Iterable[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _marks(count: int) -> str:
+    # Only placeholder lists like this one are ever formatted into SQL text (hence
+    # the S608 waivers below); every value is bound as a parameter.
+    return ",".join("?" * count)
+
+
+# --- dead letters, shared by the receiver and the dlq commands --------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDeadLetter:
+    """A row of ``dead_letters``."""
+
+    id: int
+    target: str | None
+    key: str
+    name: str | None
+    reason: str
+    detail: str
+    status: int | None
+    response: str | None
+    attempts: int
+    event: Any  # the original event, decoded
+    occurred_at: float | None
+    message_id: str | None
+    received_at: float
+    failed_at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_LETTER_COLUMNS: Final = (
+    "id, target, key, name, reason, detail, status, response, attempts, body, "
+    "occurred_at, message_id, received_at, failed_at"
+)
+
+
+def _letter_filter(target: str | None, ids: Sequence[int] | None) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if target is not None:
+        clauses.append("target = ?")
+        params.append(target)
+    if ids is not None:
+        clauses.append(f"id IN ({_marks(len(ids))})")
+        params.extend(ids)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+def list_dead_letters(
+    conn: sqlite3.Connection,
+    *,
+    target: str | None = None,
+    ids: Sequence[int] | None = None,
+    limit: int | None = None,
+) -> list[StoredDeadLetter]:
+    """Dead letters, oldest first (``limit``: only the newest that many)."""
+    where, params = _letter_filter(target, ids)
+    sql = f"SELECT {_LETTER_COLUMNS} FROM dead_letters{where} ORDER BY id"  # noqa: S608
+    if limit is not None:
+        sql = f"SELECT * FROM ({sql} DESC LIMIT ?) ORDER BY id"  # noqa: S608
+        params.append(limit)
+    letters = []
+    for row in conn.execute(sql, params):
+        (letter_id, target_name, key, name, reason, detail, status, response, attempts) = row[:9]
+        body, occurred_at, message_id, received_at, failed_at = row[9:]
+        try:
+            event = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            event = bytes(body).decode("utf-8", "replace")
+        letters.append(
+            StoredDeadLetter(
+                letter_id,
+                target_name,
+                key,
+                name,
+                reason,
+                detail,
+                status,
+                response,
+                attempts,
+                event,
+                occurred_at,
+                message_id,
+                received_at,
+                failed_at,
+            )
+        )
+    return letters
+
+
+def replay_dead_letters(
+    conn: sqlite3.Connection,
+    *,
+    target: str | None = None,
+    ids: Sequence[int] | None = None,
+    now: float | None = None,
+) -> tuple[int, int]:
+    """Move dead letters back to pending for their target, attempts reset, due now.
+
+    Returns (replayed, skipped): letters without a target (invalid on receipt) are
+    skipped, since no target ever wanted them.
+    """
+    now = time.time() if now is None else now
+    where, params = _letter_filter(target, ids)
+    with transaction(conn):
+        rows = conn.execute(
+            "SELECT id, target, key, name, body, occurred_at, message_id "  # noqa: S608
+            f"FROM dead_letters{where} ORDER BY id",
+            params,
+        ).fetchall()
+        replayed = 0
+        for letter_id, letter_target, key, name, body, occurred_at, message_id in rows:
+            if letter_target is None:
+                continue
+            # Received now: the oldest-pending age measures waiting since the replay.
+            cursor = conn.execute(
+                "INSERT INTO events (key, name, body, occurred_at, message_id, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (key, name or "unknown", body, occurred_at, message_id, now),
+            )
+            conn.execute(
+                "INSERT INTO pending (target, event_id, attempts, next_attempt_at) "
+                "VALUES (?, ?, 0, ?)",
+                (letter_target, cursor.lastrowid, now),
+            )
+            conn.execute("DELETE FROM dead_letters WHERE id = ?", (letter_id,))
+            replayed += 1
+    return replayed, len(rows) - replayed
+
+
+def purge_dead_letters(
+    conn: sqlite3.Connection, *, target: str | None = None, ids: Sequence[int] | None = None
+) -> int:
+    """Delete dead letters; how many went."""
+    where, params = _letter_filter(target, ids)
+    with transaction(conn):
+        deleted = conn.execute(f"DELETE FROM dead_letters{where}", params).rowcount  # noqa: S608
+    return int(deleted)
+
+
+# --- what the delivery workers read -----------------------------------------------------
+
+
+def poll_pending(
+    conn: sqlite3.Connection,
+    *,
+    target: str,
+    now: float,
+    held: Sequence[int],
+    room: int,
+) -> tuple[list[PendingRow], bool, float | None]:
+    """Up to ``room`` events due for ``target`` that are not ``held`` already, soonest
+    first; whether more are due; and when the next not-yet-due one is.
+
+    The due scan reads the (target, next_attempt_at) index only, so rows a worker
+    holds cost no body read.
+    """
+    skip = set(held)
+    limit = len(skip) + room
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT event_id FROM pending WHERE target = ? AND next_attempt_at <= ? "
+            "ORDER BY next_attempt_at, event_id LIMIT ?",
+            (target, now, limit),
+        )
+    ]
+    wanted = [event_id for event_id in ids if event_id not in skip][:room]
+    loaded: list[PendingRow] = []
+    for chunk in _chunks(wanted):
+        loaded.extend(
+            conn.execute(
+                "SELECT e.id, e.key, e.name, e.body, e.occurred_at, e.message_id, "  # noqa: S608
+                "p.attempts FROM pending p JOIN events e ON e.id = p.event_id "
+                f"WHERE p.target = ? AND p.event_id IN ({_marks(len(chunk))})",
+                (target, *chunk),
+            )
+        )
+    upcoming = conn.execute(
+        "SELECT min(next_attempt_at) FROM pending WHERE target = ? AND next_attempt_at > ?",
+        (target, now),
+    ).fetchone()[0]
+    return loaded, len(ids) == limit, upcoming
+
+
+def oldest_pending(conn: sqlite3.Connection, *, targets: Sequence[str]) -> dict[str, float]:
+    """When the oldest event still pending for each target was received."""
+    oldest: dict[str, float] = {}
+    for target in targets:
+        row = conn.execute(
+            "SELECT e.received_at FROM events e WHERE e.id = "
+            "(SELECT min(event_id) FROM pending WHERE target = ?)",
+            (target,),
+        ).fetchone()
+        if row is not None:
+            oldest[target] = float(row[0])
+    return oldest
+
+
+def recent_dead_letters(conn: sqlite3.Connection, *, limit: int) -> list[StoredDeadLetter]:
+    return list_dead_letters(conn, limit=limit)
+
+
+# Reads the receiver may ask the writer process for, by name.
+READS: Final[dict[str, Callable[..., Any]]] = {
+    "poll_pending": poll_pending,
+    "oldest_pending": oldest_pending,
+    "dead_letters": recent_dead_letters,
+}
+
+
+# --- the writer ---------------------------------------------------------------------
+
+
+class SpoolFile:
+    """The spool file as its one writer sees it.
+
+    ``targets`` are the configured target names: pending rows of any other target (a
+    target removed from the config) become dead letters at `open`. `write` is the
+    group commit; `commits`, `pending_events` (events not yet delivered everywhere)
+    and `depth` (pending rows per target) are kept exact by this writer and
+    recounted by `maintain` (``dlq replay`` adds rows from outside).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        targets: Sequence[str],
+        dedup_window: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = Path(path)
+        self.targets = tuple(targets)
+        self._window = dedup_window
+        self._clock = clock
+        self._conn: sqlite3.Connection | None = None
+        self.commits = 0
+        self.pending_events = 0
+        self.depth: dict[str, int] = dict.fromkeys(self.targets, 0)
+        self._last_recount = 0.0
+        target_marks = ", ".join(f"?{n}" for n in range(2, len(self.targets) + 2))
+        # An event with no pending row left for any configured target goes.
+        self._cleanup_sql = (
+            "DELETE FROM events WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM pending "  # noqa: S608
+            f"WHERE target IN ({target_marks}) AND event_id = ?1)"
+        )
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise SpoolError("the spool is not open")
+        return self._conn
+
+    def open(self) -> None:
+        """Create or migrate the file, dead-letter removed targets, count what is pending."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = connect(self.path)
+            migrate(conn)
+            # Checkpoints run on a connection of their own, never in a commit.
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            self._dead_letter_removed_targets(conn)
+            self._conn = conn
+            self._recount(conn)
+        except sqlite3.Error as error:
+            raise SpoolError(f"cannot open the spool {self.path}: {error}") from error
+        except OSError as error:
+            raise SpoolError(f"cannot create the spool {self.path}: {error.strerror}") from error
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(sqlite3.Error):
+                # Fold the WAL into the file, so a restart or a copy starts clean.
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._conn.close()
+            self._conn = None
+
+    def write(
+        self,
+        stores: Sequence[Sequence[StoreRow]],
+        letters: Sequence[LetterRow] = (),
+        outcomes: Sequence[OutcomeRow] = (),
+    ) -> list[list[int]]:
+        """One transaction (one fsync) for all of it. For each store, the id given to
+        each of its events, 0 for a duplicate. Raises `sqlite3.Error` with nothing
+        written."""
+        conn = self.conn
+        now = self._clock()
+        depth = dict(self.depth)
+        with transaction(conn):
+            ids, added = self._insert_events(conn, stores, now, depth)
+            if letters:
+                conn.executemany(
+                    "INSERT INTO dead_letters (target, key, name, reason, detail, attempts, "
+                    "body, occurred_at, message_id, received_at, failed_at) "
+                    "VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
+                    [(*letter, now) for letter in letters],
+                )
+            removed = self._apply_outcomes(conn, outcomes, now, depth)
+        self.commits += 1
+        self.pending_events += added - removed
+        self.depth = depth
+        return ids
+
+    def _insert_events(
+        self,
+        conn: sqlite3.Connection,
+        stores: Sequence[Sequence[StoreRow]],
+        now: float,
+        depth: dict[str, int],
+    ) -> tuple[list[list[int]], int]:
+        ids: list[list[int]] = [[0] * len(rows) for rows in stores]
+        first: dict[str, tuple[int, int]] = {}  # key -> (store, row) of its first arrival
+        for store_index, rows in enumerate(stores):
+            for row_index, row in enumerate(rows):
+                first.setdefault(row[0], (store_index, row_index))
+        if not first:
+            return ids, 0
+        keys = list(first)
+        seen: set[str] = set()
+        for chunk in _chunks(keys):
+            seen.update(
+                row[0]
+                for row in conn.execute(
+                    f"SELECT key FROM dedup WHERE key IN ({_marks(len(chunk))}) "  # noqa: S608
+                    "AND expires_at > ?",
+                    (*chunk, now),
+                )
+            )
+        # Ids are given here, so the receiver learns them without a read back.
+        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        next_id = (row[0] if row is not None else 0) + 1
+        events: list[tuple[Any, ...]] = []
+        pending: list[tuple[str, int, float]] = []
+        expires = now + self._window
+        for key in keys:
+            if key in seen:
+                continue
+            store_index, row_index = first[key]
+            _, name, body, occurred_at, message_id, targets = stores[store_index][row_index]
+            events.append((next_id, key, name, body, occurred_at, message_id, now))
+            for target in targets:
+                pending.append((target, next_id, now))
+                depth[target] = depth.get(target, 0) + 1
+            ids[store_index][row_index] = next_id
+            next_id += 1
+        if events:
+            conn.executemany(
+                "INSERT INTO events (id, key, name, body, occurred_at, message_id, received_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                events,
+            )
+            conn.executemany(
+                "INSERT INTO pending (target, event_id, next_attempt_at) VALUES (?, ?, ?)",
+                pending,
+            )
+            conn.executemany(
+                "INSERT OR REPLACE INTO dedup (key, expires_at) VALUES (?, ?)",
+                [(event[1], expires) for event in events],
+            )
+        return ids, len(events)
+
+    def _apply_outcomes(
+        self,
+        conn: sqlite3.Connection,
+        outcomes: Sequence[OutcomeRow],
+        now: float,
+        depth: dict[str, int],
+    ) -> int:
+        """Record outcomes; the number of events no target needs any more."""
+        if not outcomes:
+            return 0
+        finished: list[tuple[str, int]] = []
+        retries: list[tuple[Any, ...]] = []
+        dead: list[tuple[Any, ...]] = []
+        for (
+            kind,
+            target,
+            event_id,
+            attempts,
+            due,
+            status,
+            error,
+            response,
+            reason,
+            detail,
+        ) in outcomes:
+            if kind == "retry":
+                retries.append((attempts, due, status, error, target, event_id))
+                continue
+            finished.append((target, event_id))
+            if kind == "dead":
+                dead.append((target, reason, detail, status, response, attempts, now, event_id))
+        if retries:
+            conn.executemany(
+                "UPDATE pending SET attempts = ?, next_attempt_at = ?, last_status = ?, "
+                "last_error = ? WHERE target = ? AND event_id = ?",
+                retries,
+            )
+        if dead:
+            conn.executemany(
+                "INSERT INTO dead_letters (target, key, name, reason, detail, status, response, "
+                "attempts, body, occurred_at, message_id, received_at, failed_at) "
+                "SELECT ?, key, name, ?, ?, ?, ?, ?, body, occurred_at, message_id, "
+                "received_at, ? FROM events WHERE id = ?",
+                dead,
+            )
+        if not finished:
+            return 0
+        gone = conn.executemany(
+            "DELETE FROM pending WHERE target = ? AND event_id = ?", finished
+        ).rowcount
+        for target, _ in finished:
+            depth[target] = depth.get(target, 0) - 1
+        if gone != len(finished):
+            # A row already gone (recorded twice): recount rather than drift.
+            depth.update(self._count_pending(conn))
+        ids = sorted({event_id for _, event_id in finished})
+        return int(
+            conn.executemany(
+                self._cleanup_sql, [(event_id, *self.targets) for event_id in ids]
+            ).rowcount
+        )
+
+    def maintain(self) -> None:
+        """Prune expired keys a batch at a time; recount what is pending."""
+        conn = self.conn
+        for _ in range(_PRUNE_ROUNDS):
+            with transaction(conn):
+                deleted = conn.execute(
+                    "DELETE FROM dedup WHERE key IN (SELECT key FROM dedup "
+                    "WHERE expires_at <= ? LIMIT ?)",
+                    (self._clock(), _PRUNE_BATCH),
+                ).rowcount
+            if deleted < _PRUNE_BATCH:
+                break
+        since = time.monotonic() - self._last_recount
+        if self.pending_events < _RECOUNT_CHEAP or since > _RECOUNT_SLOW_INTERVAL:
+            self._recount(conn)
+
+    def _count_pending(self, conn: sqlite3.Connection) -> dict[str, int]:
+        counts = dict.fromkeys(self.targets, 0)
+        for target, count in conn.execute("SELECT target, count(*) FROM pending GROUP BY target"):
+            if target in counts:
+                counts[target] = count
+        return counts
+
+    def _recount(self, conn: sqlite3.Connection) -> None:
+        self._last_recount = time.monotonic()
+        self.depth = self._count_pending(conn)
+        self.pending_events = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+
+    def _dead_letter_removed_targets(self, conn: sqlite3.Connection) -> None:
+        """Pending rows of targets no longer configured become dead letters."""
+        targets = [row[0] for row in conn.execute("SELECT DISTINCT target FROM pending")]
+        removed = [target for target in targets if target not in self.targets]
+        if not removed:
+            return
+        now = self._clock()
+        with transaction(conn):
+            for target in removed:
+                conn.execute(
+                    "INSERT INTO dead_letters (target, key, name, reason, detail, status, "
+                    "attempts, body, occurred_at, message_id, received_at, failed_at) "
+                    "SELECT p.target, e.key, e.name, 'target_removed', "
+                    "'the target is no longer in the config', p.last_status, p.attempts, "
+                    "e.body, e.occurred_at, e.message_id, e.received_at, ? "
+                    "FROM pending p JOIN events e ON e.id = p.event_id WHERE p.target = ?",
+                    (now, target),
+                )
+                conn.execute("DELETE FROM pending WHERE target = ?", (target,))
+                print(
+                    f"spool: pending events of removed target {target!r} are dead letters now",
+                    file=sys.stderr,
+                )
+            conn.execute(
+                "DELETE FROM events WHERE NOT EXISTS "
+                "(SELECT 1 FROM pending WHERE pending.event_id = events.id)"
+            )
+
+
+# --- the writer process ---------------------------------------------------------------
+#
+# Frames on the socket: a 4-byte big-endian length, then a pickled tuple.
+# Receiver -> writer:  ("write", seq, stores, letters, outcomes)
+#                      ("read", seq, name, kwargs)
+#                      ("stop",)
+# Writer -> receiver:  ("ready", pending_events, depth)       once open
+#                      ("failed", message)                    could not open; exits
+#                      ("written", seq, ids, error, pending_events, depth, commits)
+#                      ("read", seq, result, error)
+
+_HEADER: Final = struct.Struct(">I")
+
+
+def send_frame(sock: socket.socket, message: object, lock: threading.Lock | None = None) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    frame = _HEADER.pack(len(data)) + data
+    if lock is None:
+        sock.sendall(frame)
+    else:
+        with lock:
+            sock.sendall(frame)
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv_frame(sock: socket.socket) -> Any:
+    """The next message, or None at end of stream."""
+    header = _recv_exactly(sock, _HEADER.size)
+    if header is None:
+        return None
+    data = _recv_exactly(sock, _HEADER.unpack(header)[0])
+    # Both ends of this socket pair are this program (see the module docstring).
+    return None if data is None else pickle.loads(data)  # noqa: S301
+
+
+def _die_with_parent() -> None:
+    # The receiver killed with SIGKILL gives no chance to stop its writer; Linux
+    # does it, so a restarted receiver never finds an old writer on the file.
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def serve(
+    sock: socket.socket,
+    *,
+    path: str,
+    targets: Sequence[str],
+    dedup_window: float,
+) -> int:
+    """Run the writer process on ``sock`` until told to stop or the receiver is gone."""
+    lock = threading.Lock()
+    spool = SpoolFile(path, targets=targets, dedup_window=dedup_window)
+    try:
+        spool.open()
+    except SpoolError as error:
+        send_frame(sock, ("failed", str(error)))
+        return 1
+    send_frame(sock, ("ready", spool.pending_events, spool.depth))
+
+    writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    stopping = threading.Event()
+
+    def writer() -> None:
+        maintained = time.monotonic()
+        while True:
+            try:
+                message = writes.get(timeout=MAINTENANCE_INTERVAL)
+            except queue.Empty:
+                message = None
+            if message is not None and message[0] == "stop":
+                return
+            if message is not None:
+                _, seq, stores, letters, outcomes = message
+                ids: list[list[int]] | None = None
+                error: str | None = None
+                try:
+                    ids = spool.write(stores, letters, outcomes)
+                except sqlite3.Error as failure:
+                    error = str(failure)
+                send_frame(
+                    sock,
+                    ("written", seq, ids, error, spool.pending_events, spool.depth, spool.commits),
+                    lock,
+                )
+            if message is None or time.monotonic() - maintained > MAINTENANCE_INTERVAL:
+                maintained = time.monotonic()
+                try:
+                    spool.maintain()
+                except sqlite3.Error as failure:
+                    print(f"spool: maintenance failed: {failure}", file=sys.stderr)
+
+    def reader() -> None:
+        conn = connect(path)
+        try:
+            while (message := reads.get()) is not None:
+                _, seq, name, kwargs = message
+                try:
+                    with transaction(conn, write=False):  # one snapshot per read
+                        result = READS[name](conn, **kwargs)
+                    send_frame(sock, ("read", seq, result, None), lock)
+                except sqlite3.Error as failure:
+                    send_frame(sock, ("read", seq, None, str(failure)), lock)
+        finally:
+            conn.close()
+
+    def checkpointer() -> None:
+        conn = connect(path)
+        try:
+            while not stopping.wait(CHECKPOINT_INTERVAL):
+                # PASSIVE never waits for the writer; it copies what it can.
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        finally:
+            conn.close()
+
+    threads = [
+        threading.Thread(target=writer, name="spool-writer"),
+        threading.Thread(target=reader, name="spool-reader"),
+        threading.Thread(target=checkpointer, name="spool-checkpointer"),
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        while (message := recv_frame(sock)) is not None:
+            if message[0] == "write":
+                writes.put(message)
+            elif message[0] == "read":
+                reads.put(message)
+            elif message[0] == "stop":
+                break
+    except OSError:
+        pass  # the receiver is gone: finish what was queued
+    finally:
+        writes.put(("stop",))
+        reads.put(None)
+        threads[0].join()
+        threads[1].join()
+        stopping.set()
+        threads[2].join()
+        spool.close()
+        with contextlib.suppress(OSError):
+            send_frame(sock, ("stopped", spool.pending_events), lock)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mailtrap_receiver.spoolfile FD PATH WINDOW TARGET...``"""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _die_with_parent()
+    # The receiver handles SIGTERM; the writer stops when the receiver says so.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sock = socket.socket(fileno=int(args[0]))
+    try:
+        return serve(sock, path=args[1], dedup_window=float(args[2]), targets=args[3:])
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":
+    # Run from the module under its own name, not as __main__: classes in pickled
+    # replies (StoredDeadLetter) must be importable by the receiver.
+    from mailtrap_receiver.spoolfile import main as run_writer
+
+    sys.exit(run_writer())

@@ -1,0 +1,324 @@
+"""Ack mode durable end to end inside one test: the real SpoolSink with its real writer
+process and SQLite file, delivering to real HTTP targets on loopback (delivery.py,
+spool.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from mailtrap_receiver.admin import Lifecycle
+from mailtrap_receiver.config import ReceiverConfig, parse_config
+from mailtrap_receiver.deadletters import DeadLetter
+from mailtrap_receiver.delivery import SpoolSink
+from mailtrap_receiver.events import Event, classify
+from mailtrap_receiver.metrics import Metrics
+from mailtrap_receiver.sinks import SinkOverloaded, SinkUnavailable
+from mailtrap_receiver.spoolfile import StoredDeadLetter, list_dead_letters, open_existing
+from mailtrap_receiver.spoolfile import replay_dead_letters as replay
+from tests.helpers.targets import RecordingTarget
+from tests.helpers.waiting import eventually
+from tests.helpers.webhooks import delivery_event
+
+FAST_RETRY = {"maxAttempts": 20, "initialBackoff": "10ms", "maxBackoff": "50ms"}
+
+
+def event(**fields: Any) -> Event:
+    result = classify(delivery_event(**fields))
+    assert isinstance(result, Event)
+    return result
+
+
+@pytest.fixture
+async def other_target() -> AsyncIterator[RecordingTarget]:
+    recording = await RecordingTarget().start()
+    yield recording
+    await recording.close()
+
+
+@pytest.fixture
+def spool_path(tmp_path: Path) -> Path:
+    return tmp_path / "spool" / "spool.db"
+
+
+SinkFactory = Callable[..., Awaitable[SpoolSink]]
+
+
+@pytest.fixture
+async def make_sink(spool_path: Path) -> AsyncIterator[SinkFactory]:
+    """Start a SpoolSink on the test's spool file; every one is closed at the end."""
+    sinks: list[SpoolSink] = []
+
+    async def make(
+        *targets: dict[str, Any],
+        lifecycle: Lifecycle | None = None,
+        metrics: Metrics | None = None,
+        **delivery: Any,
+    ) -> SpoolSink:
+        config = config_for(spool_path, *targets, **delivery)
+        sink = SpoolSink(
+            config=config,
+            metrics=metrics or Metrics(),
+            lifecycle=lifecycle,
+            namespace="ns",
+            poll_interval=0.1,
+        )
+        await sink.start()
+        sinks.append(sink)
+        return sink
+
+    yield make
+    for sink in sinks:
+        await sink.close()
+
+
+def config_for(spool_path: Path, *targets: dict[str, Any], **delivery: Any) -> ReceiverConfig:
+    return parse_config(
+        {
+            "signingSecretFile": "/unused",
+            "targets": list(targets),
+            "delivery": {"spoolPath": str(spool_path), "retry": FAST_RETRY, **delivery},
+        }
+    )
+
+
+def letters(spool_path: Path) -> list[StoredDeadLetter]:
+    conn = open_existing(spool_path)
+    try:
+        return list_dead_letters(conn)
+    finally:
+        conn.close()
+
+
+async def test_concurrent_requests_share_commits(
+    make_sink: SinkFactory, target: RecordingTarget
+) -> None:
+    sink = await make_sink({"name": "app", "url": target.url, "batchSize": 50})
+    events = [event() for _ in range(300)]
+    results = await asyncio.gather(*(sink.submit([item]) for item in events))
+    assert all(result.accepted == 1 for result in results)
+    # One fsync served many requests.
+    assert 1 <= sink.spool.commits < len(events) / 2
+    await eventually(lambda: len(target.event_ids()) >= len(events))
+    assert sorted(target.event_ids()) == sorted(item.key for item in events)
+
+
+async def test_batches_and_formats_per_target(
+    make_sink: SinkFactory, target: RecordingTarget, other_target: RecordingTarget
+) -> None:
+    sink = await make_sink(
+        {"name": "plain", "url": target.url, "batchSize": 3},
+        {"name": "ce", "url": other_target.url, "batchSize": 2, "format": "cloudevents"},
+    )
+    events = [event(event="bounce" if n % 2 else "delivery") for n in range(7)]
+    assert (await sink.submit(events)).accepted == 7
+    await eventually(lambda: len(target.event_ids()) == 7 and len(other_target.event_ids()) == 7)
+    assert sorted(target.event_ids()) == sorted(item.key for item in events)
+    for request in target.received:
+        body = request.json()
+        size = len(body["events"]) if "events" in body else 1
+        assert 1 <= size <= 3
+        if size > 1:
+            assert request.headers["Idempotency-Key"].startswith("batch:")
+            assert [item["event_id"] for item in body["events"]] == request.event_ids()
+        else:
+            assert request.headers["Idempotency-Key"] == body["event_id"]
+        names = set(request.headers["X-Mailtrap-Event"].split(","))
+        assert names <= {"delivery", "bounce"}
+    for request in other_target.received:
+        body = request.json()
+        envelopes = body if isinstance(body, list) else [body]
+        assert 1 <= len(envelopes) <= 2
+        assert all(envelope["specversion"] == "1.0" for envelope in envelopes)
+        assert all(envelope["type"].startswith("io.mailtrap.") for envelope in envelopes)
+    # The original event objects, unchanged.
+    by_id = {item.key: item.data for item in events}
+    for request in target.received:
+        body = request.json()
+        for item in body.get("events", [body]):
+            assert item == by_id[item["event_id"]]
+
+
+async def test_a_refusal_is_dead_lettered_at_once_with_the_answer(
+    make_sink: SinkFactory, target: RecordingTarget, spool_path: Path
+) -> None:
+    metrics = Metrics()
+    sink = await make_sink({"name": "app", "url": target.url}, metrics=metrics)
+    target.status = 422
+    item = event()
+    await sink.submit([item])
+    await eventually(lambda: sink.spool.pending_events == 0)
+    assert len(target.received) == 1  # never retried
+    [letter] = letters(spool_path)
+    assert (letter.target, letter.key, letter.reason, letter.status, letter.attempts) == (
+        "app",
+        item.key,
+        "rejected",
+        422,
+        1,
+    )
+    assert letter.response == "ok"  # what the target answered
+    assert letter.event == item.data
+    sample = metrics.registry.get_sample_value(
+        "mailtrap_webhook_dead_letters_total", {"target": "app", "reason": "rejected"}
+    )
+    assert sample == 1
+
+
+async def test_retry_after_is_honoured(make_sink: SinkFactory, target: RecordingTarget) -> None:
+    sink = await make_sink(
+        {"name": "app", "url": target.url},
+        retry={"maxAttempts": 5, "initialBackoff": "10ms", "maxBackoff": "5s"},
+    )
+    target.status = 429
+    target.response_headers = {"Retry-After": "1"}
+    await sink.submit([event()])
+    await eventually(lambda: len(target.received) == 1)
+    target.status = 200
+    await eventually(lambda: len(target.received) == 2)
+    first, second = target.received
+    # Without Retry-After the wait would have been 10-20 ms.
+    assert second.at - first.at >= 0.95
+
+
+async def test_attempts_run_out_into_dead_letters(
+    make_sink: SinkFactory, target: RecordingTarget, spool_path: Path
+) -> None:
+    sink = await make_sink(
+        {"name": "app", "url": target.url, "retry": {"maxAttempts": 3}},
+        retry={"maxAttempts": 50, "initialBackoff": "10ms", "maxBackoff": "20ms"},
+    )
+    target.status = 500
+    item = event()
+    await sink.submit([item])
+    await eventually(lambda: bool(letters(spool_path)))
+    [letter] = letters(spool_path)
+    assert (letter.reason, letter.attempts, letter.status) == ("attempts_exhausted", 3, 500)
+    await asyncio.sleep(0.3)  # several backoffs: no fourth attempt comes
+    assert len(target.received) == 3
+
+
+async def test_pending_events_resume_and_dedup_survives_a_restart(
+    make_sink: SinkFactory, target: RecordingTarget
+) -> None:
+    url = target.url
+    await target.stop()  # down: connections are refused
+    first = await make_sink({"name": "app", "url": url})
+    events = [event() for _ in range(5)]
+    assert (await first.submit(events)).accepted == 5
+    await first.close()
+
+    await target.start()
+    second = await make_sink({"name": "app", "url": url})
+    await eventually(lambda: len(set(target.event_ids())) == 5)
+    assert set(target.event_ids()) == {item.key for item in events}
+    result = await second.submit([*events, event()])
+    assert (result.accepted, result.duplicates) == (1, 5)
+
+
+async def test_too_many_pending_events_is_overloaded(
+    make_sink: SinkFactory, target: RecordingTarget
+) -> None:
+    url = target.url
+    await target.stop()
+    sink = await make_sink({"name": "app", "url": url}, maxPendingEvents=2)
+    await sink.submit([event(), event()])
+    with pytest.raises(SinkOverloaded):
+        await sink.submit([event()])
+
+
+async def test_a_replay_from_another_process_is_picked_up(
+    make_sink: SinkFactory, target: RecordingTarget, spool_path: Path
+) -> None:
+    sink = await make_sink({"name": "app", "url": target.url})
+    target.status = 400
+    item = event()
+    await sink.submit([item])
+    await eventually(lambda: bool(letters(spool_path)))
+    target.status = 200
+    conn = open_existing(spool_path)  # what `dlq replay` does, beside the server
+    try:
+        assert replay(conn) == (1, 0)
+    finally:
+        conn.close()
+    await eventually(lambda: len(target.received) == 2)
+    assert target.received[1].event_ids() == [item.key]
+    assert letters(spool_path) == []
+
+
+async def test_a_failing_target_does_not_hold_back_a_healthy_one(
+    make_sink: SinkFactory, target: RecordingTarget, other_target: RecordingTarget
+) -> None:
+    sink = await make_sink(
+        {"name": "broken", "url": target.url},
+        {"name": "healthy", "url": other_target.url},
+    )
+    target.status = 500
+    events = [event() for _ in range(50)]
+    for item in events:
+        await sink.submit([item])
+    await eventually(lambda: len(other_target.event_ids()) == 50)
+    assert sink.spool.depth["broken"] == 50
+
+
+async def test_invalid_events_are_kept_as_dead_letters(
+    make_sink: SinkFactory, target: RecordingTarget
+) -> None:
+    sink = await make_sink({"name": "app", "url": target.url})
+    letter = DeadLetter(
+        key="sha256:1",
+        reason="missing_field",
+        detail="missing field: event",
+        event={"email": "a@example.com"},
+        received_at=time.time(),
+    )
+    await sink.dead_letters.add([letter])
+    [stored] = await sink.dead_letters.entries()
+    assert stored.key == letter.key
+    assert stored.event == letter.event
+    assert stored.target is None
+
+
+async def test_shutdown_delivers_what_is_due_within_the_grace_period(
+    make_sink: SinkFactory, target: RecordingTarget
+) -> None:
+    lifecycle = Lifecycle()
+    sink = await make_sink({"name": "app", "url": target.url, "batchSize": 10}, lifecycle=lifecycle)
+    target.hold()
+    events = [event() for _ in range(30)]
+    await sink.submit(events)
+    await eventually(lambda: bool(target.received))
+    lifecycle.stop(grace_period=30)
+    closing = asyncio.create_task(sink.close())
+    await asyncio.sleep(0.2)
+    assert not closing.done()  # still delivering
+    target.release()
+    await closing
+    assert sorted(set(target.event_ids())) == sorted(item.key for item in events)
+    assert sink.spool.pending_events == 0
+
+
+async def test_a_dead_writer_process_fails_requests_and_health(
+    make_sink: SinkFactory, target: RecordingTarget
+) -> None:
+    lifecycle = Lifecycle()
+    sink = await make_sink({"name": "app", "url": target.url}, lifecycle=lifecycle)
+    process = sink.spool._process
+    assert process is not None
+    process.kill()
+    await eventually(lambda: lifecycle.failure is not None)
+    with pytest.raises(SinkUnavailable):
+        await sink.submit([event()])
+    assert "exited" in (lifecycle.failure or "")
+
+
+def test_the_forwarded_body_is_the_event_json(tmp_path: Path) -> None:
+    # What the spool keeps is what a target gets: the original object.
+    item = event(extra={"nested": [1, 2]})
+    assert orjson.loads(orjson.dumps(item.data)) == item.data
