@@ -5,8 +5,8 @@
   each bad key and exits 2 before anything listens.
 - ``send-test --url URL --secret-file F [--event TYPE] [--format json|jsonl|form]``
   sends signed sample events (`sendtest`), prints the answer, and exits 0 on 2xx.
-
-The spool's tools (``dlq``) join here with the durable delivery stage.
+- ``dlq list|replay|purge --spool PATH [--target NAME] [--id N]...`` works on the
+  dead letters of a spool file (`dlq`), also while a receiver serves from it.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ from typing import Final, cast
 
 import aiohttp
 
+from . import dlq
 from .config import ConfigError, load_config
 from .events import CANONICAL_EVENTS, EventName
 from .logs import configure_logging
 from .sendtest import CONTENT_TYPES, BodyFormat, read_signing_secret, send_test
+from .spoolfile import SpoolError
 
 EXIT_CONFIG: Final = 2
 EXIT_FAILED: Final = 1
@@ -56,6 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     send.add_argument("--format", choices=sorted(CONTENT_TYPES), default="json", help="body format")
     send.add_argument("--timeout", type=float, default=10.0, help="seconds to wait")
+
+    dlq = sub.add_parser("dlq", help="list, replay or purge the dead letters of a spool")
+    dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    for name, help_text in (
+        ("list", "print dead letters (oldest first)"),
+        ("replay", "move dead letters back to pending for their target, attempts reset"),
+        ("purge", "delete dead letters"),
+    ):
+        action = dlq_commands.add_parser(name, help=help_text)
+        action.add_argument("--spool", required=True, help="the spool file (delivery.spoolPath)")
+        action.add_argument("--target", help="only this target's dead letters")
+        action.add_argument(
+            "--id", type=int, action="append", dest="ids", help="only this letter (repeatable)"
+        )
+        if name == "list":
+            action.add_argument("--json", action="store_true", help="print a JSON array")
+            action.add_argument("--limit", type=int, help="only the newest N")
     return parser
 
 
@@ -74,6 +93,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as error:  # secret files are read when the app is built
         _print_config_error(args.config, error)
         return EXIT_CONFIG
+    except SpoolError as error:
+        print(f"mailtrap-receiver: {error}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -111,4 +133,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "dlq":
+        return dlq.run(
+            command=args.dlq_command,
+            spool=args.spool,
+            target=args.target,
+            ids=args.ids,
+            as_json=getattr(args, "json", False),
+            limit=getattr(args, "limit", None),
+        )
     return _send_test(args)
