@@ -6,6 +6,13 @@ with orjson straight to stdout's bytes; records of other libraries (aiohttp's ow
 errors) go through the same renderer. Each line has ``timestamp``, ``level`` and
 ``msg``, then its fields.
 
+A line per request is the costliest thing the receiver does besides HTTP itself, so
+the JSON pipeline is kept short: a timestamp formatted once per second and reused,
+and lines written to stdout's buffer without a flush each (a write system call per
+line would cost more than the rest of the line). `flush_logs` empties the buffer;
+`server` calls it a few times a second and at exit, so a line reaches stdout within
+a fraction of a second (a SIGKILL loses at most that fraction).
+
 `app` writes one line per request (`request_fields` picks the event ids, message
 ids and addresses of the first few events), the sinks one per delivery. Nothing
 logs a secret, a signature or a credential; with ``redactEmails`` an address is
@@ -18,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -41,21 +49,56 @@ def _orjson_dumps(event_dict: Any, **_: Any) -> bytes:
     return orjson.dumps(event_dict, default=str)
 
 
+class _Timestamper:
+    """``timestamp`` in UTC ISO 8601 with microseconds; the part up to the seconds is
+    formatted once per second, not once per line."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._prefix = ""
+
+    def __call__(self, logger: Any, name: str, event_dict: Any) -> Any:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        event_dict["timestamp"] = f"{self._prefix}.{int((now - second) * 1e6):06d}Z"
+        return event_dict
+
+
+class _BufferedBytesLogger:
+    """Writes each line to stdout's buffer; `flush_logs` pushes it out."""
+
+    def __init__(self, *args: Any) -> None:
+        self._write = sys.stdout.buffer.write
+
+    def msg(self, message: bytes) -> None:
+        self._write(message + b"\n")
+
+    log = debug = info = warning = warn = error = critical = exception = msg
+
+
+def flush_logs() -> None:
+    """Write out buffered log lines."""
+    sys.stdout.flush()  # text written through sys.stdout, which sits on the buffer
+    sys.stdout.buffer.flush()
+
+
 def configure_logging(*, format: str = "json", level: str = "info") -> None:
     """Set up structlog (and the standard library's loggers) for the whole process."""
-    shared: list[Any] = [
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
+    shared: list[Any] = [structlog.processors.add_log_level]
     renderer: Any
     if format == "console":
+        shared.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
         renderer = structlog.dev.ConsoleRenderer()
         factory: Any = structlog.WriteLoggerFactory(file=sys.stdout)
     else:
+        shared.append(_Timestamper())
         shared.append(structlog.processors.format_exc_info)
         shared.append(structlog.processors.EventRenamer("msg"))
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
-        factory = structlog.BytesLoggerFactory(file=sys.stdout.buffer)
+        factory = _BufferedBytesLogger
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

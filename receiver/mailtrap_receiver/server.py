@@ -5,10 +5,11 @@
 around one `metrics.Metrics` and one `admin.Lifecycle`, starts the admin port first
 (so probes answer while the sink starts), then the webhook port, and only then
 reports ready. On SIGTERM or SIGINT it fails readiness, stops listening, lets the
-requests in flight finish (up to ``shutdownGracePeriod``), closes the sink through
-the app's ``cleanup_ctx`` and returns, so the process exits 0. uvloop runs the loop
-when it is installed; aiohttp's access log is off because `app` writes its own line
-per request.
+requests in flight finish, and closes the sink through the app's ``cleanup_ctx``
+(in ack mode ``durable`` the sink keeps delivering pending events meanwhile), all
+within ``shutdownGracePeriod`` from the signal, and returns, so the process exits
+0. uvloop runs the loop when it is installed; aiohttp's access log is off because
+`app` writes its own line per request.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from aiohttp import web
 from .admin import Lifecycle, create_admin_app
 from .app import RUNNER_OPTIONS, create_app
 from .config import ReceiverConfig
+from .logs import flush_logs
 from .metrics import Metrics
 
 # Mailtrap sends bursts; a deeper accept queue rides them out instead of refusing.
 _BACKLOG: Final = 1024
+# Log lines are buffered (see logs); this is how stale stdout may get.
+LOG_FLUSH_INTERVAL: Final = 0.2
 
 log = structlog.get_logger("mailtrap_receiver.server")
 
@@ -55,6 +59,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    flusher = asyncio.create_task(_flush_logs_now_and_then())
     try:
         await admin_runner.setup()
         await web.TCPSite(admin_runner, host, metrics_port, backlog=_BACKLOG).start()
@@ -65,13 +70,24 @@ async def serve(
         await stop.wait()
         log.info("stopping", grace_period_s=config.shutdown_grace_period)
     finally:
-        lifecycle.stopping = True
-        # Stops the listener, waits for in-flight requests, then runs cleanup_ctx.
+        # Readiness fails at once; the durable sink delivers until the deadline.
+        lifecycle.stop(grace_period=config.shutdown_grace_period)
+        # Stops the listener, waits for in-flight requests, then runs cleanup_ctx
+        # (the sink flushes, delivers what is due while the grace period lasts, and
+        # closes the spool).
         await runner.cleanup()
         await admin_runner.cleanup()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
+        flusher.cancel()
     log.info("stopped")
+    flush_logs()
+
+
+async def _flush_logs_now_and_then() -> None:
+    while True:
+        await asyncio.sleep(LOG_FLUSH_INTERVAL)
+        flush_logs()
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
