@@ -29,12 +29,13 @@ CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 
 Permission = tuple[str, str, str]  # (API group, resource[/subresource], verb)
 
+SERVICE_MONITOR = "servicemonitors.monitoring.coreos.com"
 # A ServiceMonitor CRD that accepts any object: enough for the API server to serve
 # the kind, which is all the chart's template and the operator need from it.
 SERVICE_MONITOR_CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+    "metadata": {"name": SERVICE_MONITOR},
     "spec": {
         "group": "monitoring.coreos.com",
         "scope": "Namespaced",
@@ -201,11 +202,25 @@ def denials(
     return found
 
 
-def install_service_monitor_crd(cluster: LocalCluster) -> None:
-    cluster.kubectl("apply", "-f", "-", input_text=json.dumps(SERVICE_MONITOR_CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com"
-    )
+@contextlib.contextmanager
+def service_monitor_crd(cluster: LocalCluster) -> Iterator[None]:
+    """The minimal ServiceMonitor CRD for a ``with`` block, removed after it unless it
+    was there before (the operator's tests check what happens without it)."""
+    existed = cluster.kubectl("get", "crd", SERVICE_MONITOR, check=False).returncode == 0
+    if not existed:
+        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(SERVICE_MONITOR_CRD))
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{SERVICE_MONITOR}")
+    try:
+        yield
+    finally:
+        if not existed:
+            cluster.kubectl("delete", "crd", SERVICE_MONITOR, "--timeout=60s", check=False)
+
+
+def install_chart_crds(cluster: LocalCluster) -> None:
+    """What Helm installs from the chart's crds/ folder (kopf's peering kinds)."""
+    for path in sorted((CHART / "crds").glob("*.yaml")):
+        cluster.kubectl("apply", "--server-side", "-f", str(path))
 
 
 def adopt_crd(cluster: LocalCluster, *, release: str, namespace: str) -> None:
