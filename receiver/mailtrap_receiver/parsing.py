@@ -130,7 +130,8 @@ def _parse_form(body: bytes) -> list[object]:
         raise MalformedBody("empty form body")
     event: dict[str, object] = dict(pairs)
     timestamp = event.get("timestamp")
-    if isinstance(timestamp, str) and timestamp.isdigit():
+    # isdigit() alone also admits digits int() refuses, such as superscripts.
+    if isinstance(timestamp, str) and timestamp.isascii() and timestamp.isdigit():
         event["timestamp"] = int(timestamp)
     return [event]
 

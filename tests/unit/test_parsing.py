@@ -80,6 +80,10 @@ def test_form_is_one_event_with_a_numeric_timestamp() -> None:
             "event_id": "e-1",
         }
     ]
+    # Unicode digits int() refuses stay strings (and fail validation later), not a 500.
+    body = b"event=delivery&timestamp=%C2%B9"
+    [event] = parse_events(body, content_type="application/x-www-form-urlencoded")
+    assert event["timestamp"] == "\u00b9"
 
 
 @pytest.mark.parametrize("content_type", [None, "", "application/octet-stream", "text/plain"])
