@@ -5,12 +5,15 @@ the tests, so the project's venv) on free loopback ports, waits until ``/readyz`
 answers 200, and returns a `ReceiverProcess`; `running_receiver` is the same as a
 context manager that always kills the process on exit. Its output goes to a log
 file whose text is included in every failure, so a receiver that did not start
-says why. Used by the integration tests, and meant for crash tests, the operator's
+says why; `start_receiver_async` does the same without blocking the test's event
+loop. `dlq` runs the ``dlq`` command as its own process. Used by the integration
+tests (the crash test restarts the receiver on the same ports), the operator's
 pod-template runner and ``hack/dev.py``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -29,10 +32,12 @@ from tests.helpers.cluster import _die_with_parent, free_port
 
 __all__ = [
     "ReceiverProcess",
+    "dlq",
     "free_port",
     "http_status",
     "running_receiver",
     "start_receiver",
+    "start_receiver_async",
     "write_config",
 ]
 
@@ -144,6 +149,30 @@ def start_receiver(
         time.sleep(0.05)
     receiver.kill()
     raise RuntimeError(f"the receiver was not ready in {ready_timeout}s:\n{receiver.log()}")
+
+
+async def start_receiver_async(**kwargs: Any) -> ReceiverProcess:
+    """`start_receiver` off the event loop: a test's loop keeps serving its targets
+    while the receiver starts (and resumes delivering to them)."""
+    return await asyncio.to_thread(start_receiver, **kwargs)
+
+
+async def dlq(*args: str) -> str:
+    """Run ``mailtrap-receiver dlq ARGS`` as its own process; its output (it must
+    exit 0)."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "mailtrap_receiver",
+        "dlq",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), 120)
+    if process.returncode:
+        raise AssertionError(f"dlq {' '.join(args)} exited {process.returncode}: {err.decode()}")
+    return out.decode()
 
 
 @contextlib.contextmanager

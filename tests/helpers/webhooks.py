@@ -1,7 +1,7 @@
 """Building webhook requests as Mailtrap sends them: events, bodies and signatures.
 
 Shared by the unit tests (through tests/unit/conftest.py) and the integration tests
-that post to a real receiver process.
+that post to a real receiver process (`post_signed`).
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import aiohttp
 import orjson
 
 from mailtrap_receiver.auth import sign
@@ -48,3 +49,13 @@ def signed_headers(
     if content_type is not None:
         headers["Content-Type"] = content_type
     return headers
+
+
+async def post_signed(
+    session: aiohttp.ClientSession, url: str, *events: dict[str, Any]
+) -> tuple[int, Any]:
+    """POST ``events`` as Mailtrap's signed JSON batch; the status and decoded answer.
+    (Give the session a timeout; aiohttp's default is five minutes.)"""
+    body = json_body(*events)
+    async with session.post(url, data=body, headers=signed_headers(body)) as response:
+        return response.status, orjson.loads(await response.read())

@@ -26,7 +26,7 @@ from tests.helpers.targets import RecordingTarget
 from tests.helpers.waiting import eventually
 from tests.helpers.webhooks import delivery_event
 
-FAST_RETRY = {"maxAttempts": 20, "initialBackoff": "10ms", "maxBackoff": "50ms"}
+FAST_RETRY: dict[str, Any] = {"maxAttempts": 20, "initialBackoff": "10ms", "maxBackoff": "50ms"}
 
 
 def event(**fields: Any) -> Event:
@@ -79,12 +79,9 @@ async def make_sink(spool_path: Path) -> AsyncIterator[SinkFactory]:
 
 
 def config_for(spool_path: Path, *targets: dict[str, Any], **delivery: Any) -> ReceiverConfig:
+    settings: dict[str, Any] = {"spoolPath": str(spool_path), "retry": FAST_RETRY, **delivery}
     return parse_config(
-        {
-            "signingSecretFile": "/unused",
-            "targets": list(targets),
-            "delivery": {"spoolPath": str(spool_path), "retry": FAST_RETRY, **delivery},
-        }
+        {"signingSecretFile": "/unused", "targets": list(targets), "delivery": settings}
     )
 
 
