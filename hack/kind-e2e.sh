@@ -1,0 +1,182 @@
+#!/usr/bin/env bash
+# End to end on a real cluster: kind (Kubernetes in Docker), the image built from
+# this checkout, the Helm chart, examples/basic.yaml, and a signed event sent
+# through a port-forward that must reach a target Pod.
+#
+#   hack/kind-e2e.sh          # needs docker (a running engine) and kind
+#
+# Steps: create a kind cluster; docker build the image and kind load it; helm
+# install the chart with that image; deploy an echo target (the same image running
+# a few lines of Python: no other image to pull) as the Service examples/basic.yaml
+# sends bounces to; apply the example; wait for Ready; port-forward to the
+# receiver's Service; check that a badly signed request gets 401; send a signed
+# bounce with `mailtrap-receiver send-test`; wait until the target printed it.
+# The cluster is deleted at the end, pass or fail (KEEP_CLUSTER=1 keeps it).
+#
+# Environment: KIND (the kind binary), KIND_CLUSTER (name), KIND_NODE_IMAGE,
+# KEEP_CLUSTER, PYTHON (a Python with this project installed; default .venv).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+kind=${KIND:-kind}
+cluster=${KIND_CLUSTER:-mailtrap-e2e}
+image=mailtrap-webhook-operator:e2e
+python=${PYTHON:-$repo/.venv/bin/python}
+release=mailtrap
+system=mailtrap-system
+apps=e2e
+
+log() { echo "e2e: $*"; }
+bin=$(hack/testbins.sh kubectl helm)
+work=$(mktemp -d)
+export KUBECONFIG="$work/kubeconfig"
+kubectl() { "$bin/kubectl" "$@"; }
+helm() { "$bin/helm" "$@"; }
+forward_pid=""
+
+diagnose() {
+  log "failed; what the cluster says:"
+  kubectl get all,mtwh -A -o wide || true
+  kubectl -n "$apps" describe mtwh || true
+  kubectl -n "$system" logs "deploy/$release-mailtrap-webhook-operator" --tail=100 || true
+  kubectl -n "$apps" logs deploy/transactional-receiver --tail=100 || true
+  kubectl -n "$apps" logs deploy/suppression-api --tail=100 || true
+}
+
+cleanup() {
+  local code=$?
+  [ "$code" -eq 0 ] || diagnose
+  [ -z "$forward_pid" ] || kill "$forward_pid" 2>/dev/null || true
+  if [ -z "${KEEP_CLUSTER:-}" ]; then
+    "$kind" delete cluster --name "$cluster" >/dev/null 2>&1 || true
+  else
+    log "kept cluster $cluster (KUBECONFIG=$work/kubeconfig)"
+  fi
+  [ -n "${KEEP_CLUSTER:-}" ] || rm -rf "$work"
+  exit "$code"
+}
+trap cleanup EXIT
+
+log "creating kind cluster $cluster"
+"$kind" create cluster --name "$cluster" --kubeconfig "$KUBECONFIG" --wait 180s \
+  ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"}
+
+log "building $image and loading it into the cluster"
+docker build --quiet --tag "$image" .
+"$kind" load docker-image "$image" --name "$cluster"
+
+log "installing the chart"
+helm install "$release" charts/mailtrap-webhook-operator \
+  --namespace "$system" --create-namespace \
+  --set image.repository="${image%%:*}" --set image.tag="${image##*:}" \
+  --set image.pullPolicy=Never \
+  --wait --timeout 300s
+
+log "deploying the echo target and examples/basic.yaml"
+kubectl create namespace "$apps"
+kubectl -n "$apps" apply -f - <<YAML
+# The Service examples/basic.yaml sends bounces, spam complaints and unsubscribes
+# to: prints one JSON line per request it gets.
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: echo}
+data:
+  echo.py: |
+    import http.server, json
+    class Echo(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            print(json.dumps({"path": self.path, "event": self.headers.get("X-Mailtrap-Event"),
+                              "body": json.loads(body)}), flush=True)
+            self.send_response(200)
+            self.end_headers()
+        def log_message(self, *args):
+            pass
+    http.server.ThreadingHTTPServer(("", 8080), Echo).serve_forever()
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: suppression-api}
+spec:
+  selector: {matchLabels: {app: suppression-api}}
+  template:
+    metadata: {labels: {app: suppression-api}}
+    spec:
+      automountServiceAccountToken: false
+      securityContext: {runAsNonRoot: true, runAsUser: 10001, seccompProfile: {type: RuntimeDefault}}
+      containers:
+        - name: echo
+          image: $image
+          imagePullPolicy: Never
+          command: [python, /echo/echo.py]
+          ports: [{name: http, containerPort: 8080}]
+          securityContext:
+            allowPrivilegeEscalation: false
+            readOnlyRootFilesystem: true
+            capabilities: {drop: [ALL]}
+          volumeMounts: [{name: echo, mountPath: /echo}]
+      volumes: [{name: echo, configMap: {name: echo}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: suppression-api}
+spec:
+  selector: {app: suppression-api}
+  ports: [{port: 8080, targetPort: http}]
+YAML
+kubectl -n "$apps" apply -f examples/basic.yaml
+kubectl -n "$apps" rollout status deploy/suppression-api --timeout=180s
+kubectl -n "$apps" wait --for=condition=Ready mtwh/transactional --timeout=300s
+kubectl -n "$apps" get mtwh -o wide
+
+# The example's placeholder signing secret, as Mailtrap's webhook page would show it.
+kubectl -n "$apps" get secret mailtrap-signing -o jsonpath='{.data.signing-secret}' |
+  "$python" -c 'import base64, sys; sys.stdout.write(base64.b64decode(sys.stdin.read()).decode())' \
+    >"$work/secret.txt"
+
+port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+kubectl -n "$apps" port-forward svc/transactional-receiver "$port:80" >"$work/port-forward.log" 2>&1 &
+forward_pid=$!
+url="http://127.0.0.1:$port/webhooks/mailtrap"
+for _ in $(seq 60); do
+  "$python" - "$url" <<'PY' && break
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=b"{}", method="POST"), timeout=2)
+except urllib.error.HTTPError:
+    sys.exit(0)  # the receiver answered
+except OSError:
+    sys.exit(1)
+PY
+  sleep 1
+done
+
+log "a request with a wrong signature must get 401"
+"$python" - "$url" <<'PY'
+import sys, urllib.request, urllib.error
+request = urllib.request.Request(
+    sys.argv[1], data=b'{"events": []}', method="POST",
+    headers={"Content-Type": "application/json", "Mailtrap-Signature": "0" * 64},
+)
+try:
+    urllib.request.urlopen(request, timeout=10)
+except urllib.error.HTTPError as error:
+    assert error.code == 401, error.code
+else:
+    raise SystemExit("a badly signed request was accepted")
+PY
+
+log "sending a signed bounce"
+"$python" -m mailtrap_receiver send-test --url "$url" --secret-file "$work/secret.txt" --event bounce
+
+for _ in $(seq 60); do
+  if kubectl -n "$apps" logs deploy/suppression-api | grep '"event": "bounce"' >"$work/got.txt"; then
+    log "the target got: $(head -1 "$work/got.txt")"
+    exit 0
+  fi
+  sleep 2
+done
+log "the target got nothing"
+exit 1
