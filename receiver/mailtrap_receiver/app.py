@@ -44,7 +44,7 @@ from .config import ReceiverConfig
 from .deadletters import DeadLetter, DeadLetterStore, MemoryDeadLetterStore
 from .delivery import build_delivery
 from .events import Event, classify
-from .logs import request_fields
+from .logs import emit, request_fields
 from .metrics import Metrics
 from .parsing import BodyError, media_type, parse_events
 from .sinks import Sink, SinkOverloaded, SinkUnavailable, SubmitResult
@@ -138,17 +138,18 @@ def request_middleware(*, metrics: Metrics) -> Callable[..., Awaitable[web.Strea
         seconds = time.perf_counter() - started
         status = response.status
         metrics.observe_request(status, seconds)
+        line = {
+            "status": status,
+            "error": error,
+            "method": request.method,
+            "path": request.path,
+            "remote": request.remote,
+            "duration_ms": round(seconds * 1000, 3),
+        }
         fields = request.get(LOG_FIELDS)
-        (log.info if status < 400 or status in (404, 405) else log.warning)(
-            "request",
-            status=status,
-            error=error,
-            method=request.method,
-            path=request.path,
-            remote=request.remote,
-            duration_ms=round(seconds * 1000, 3),
-            **(fields or {}),
-        )
+        if fields:
+            line.update(fields)
+        emit(log, "info" if status < 400 or status in (404, 405) else "warning", "request", line)
         return response
 
     return middleware

@@ -13,13 +13,16 @@ cannot write.
 One `TargetWorker` per target delivers. After each commit the writer hands it the
 new events in memory (no read on the hot path); it sends up to ``batchSize`` events
 per request and at most ``concurrency`` requests at once, and records each outcome
-through the writer, batched with everything else. A retry is not kept in memory:
-its row carries the next attempt time, and the worker reads due rows back from the
-spool when they are due. It also reads the spool at start (what was pending before
-a restart), when it had to turn events away because its memory share was full, and
-about once a second (``dlq replay`` from another process), so the database stays
-the truth and memory only a fast path. Workers share nothing but the event loop,
-so a target that fails or hangs delays no other.
+through the writer, batched with everything else. A partial batch waits while a
+request to the target is out, and (``batchSize`` > 1) up to `LINGER` for company,
+so batches fill under load without delaying a quiet target's events noticeably.
+A retry is not kept in memory: its row carries the next attempt time, and the
+worker reads due rows back from the spool when they are due. It also reads the
+spool at start (what was pending before a restart), when it had to turn events away
+because its memory share was full, and about once a second (``dlq replay`` from
+another process), so the database stays the truth and memory only a fast path.
+Workers share nothing but the event loop, so a target that fails or hangs delays
+no other.
 
 Graceful shutdown: `server` stops taking requests and waits for those in flight;
 then `SpoolSink.close` lets the workers deliver what is due until the grace period
@@ -77,6 +80,9 @@ LRU_ENTRIES: Final = 100_000
 # busy several times over, bounded so that a long outage costs disk, not memory.
 MEMORY_MIN: Final = 1_000
 MEMORY_MAX: Final = 20_000
+# A target with batchSize > 1 gets a partial batch only after its first event has
+# waited this long for others (when nothing is in flight to it already).
+LINGER: Final = 0.01
 # What closing needs after the workers stop (the last commit, a checkpoint).
 CLOSE_MARGIN: Final = 1.0
 
@@ -118,6 +124,7 @@ class TargetWorker:
             MEMORY_MAX, max(MEMORY_MIN, 4 * route.concurrency * route.batch_size)
         )
         self._ready: deque[Job] = deque()
+        self._ready_since = 0.0  # monotonic: when the oldest ready event became ready
         # Spool ids held in memory: ready, being sent, or waiting for their outcome's
         # commit. A poll skips them, so no event is sent twice at once.
         self._held: set[int] = set()
@@ -142,6 +149,8 @@ class TargetWorker:
             self._backlog = True  # it is in the spool; a poll will find it
             return
         self._held.add(payload.spool_id)
+        if not self._ready:
+            self._ready_since = time.monotonic()
         self._ready.append(Job(payload, 0))
         self._wake.set()
 
@@ -174,14 +183,21 @@ class TargetWorker:
     async def run(self) -> None:
         route = self.route
         while True:
+            lingering = 0.0
             while self._ready and self._sending < route.concurrency:
-                # A partial batch goes at once only to an idle target; while a request
-                # is out, events gather into full ones (fewer, larger requests under
-                # load, no added wait when quiet).
-                if self._sending and len(self._ready) < route.batch_size:
-                    break
+                if len(self._ready) < route.batch_size:
+                    # A partial batch waits while a request to the target is out
+                    # (events gather into full ones under load), and, for a target
+                    # that wants batches, a moment for company when it is idle.
+                    if self._sending:
+                        break
+                    lingering = self._ready_since + LINGER - time.monotonic()
+                    if route.batch_size > 1 and lingering > 0:
+                        break
+                    lingering = 0.0
                 count = min(route.batch_size, len(self._ready))
                 batch = [self._ready.popleft() for _ in range(count)]
+                self._ready_since = time.monotonic()
                 self._sending += 1
                 task = asyncio.create_task(self._send(batch))
                 self._tasks.add(task)
@@ -195,6 +211,8 @@ class TargetWorker:
                 continue
             self._wake.clear()
             wait = min(max(self._next_poll - now, 0.0), self._poll_interval)
+            if lingering > 0:
+                wait = min(wait, lingering)
             try:
                 async with asyncio.timeout(wait):
                     await self._wake.wait()
@@ -229,6 +247,8 @@ class TargetWorker:
                 self._held.discard(spool_id)
             self._released_while_polling.clear()
         held = self._held
+        if loaded and not self._ready:
+            self._ready_since = time.monotonic()
         for spool_id, key, name, body, occurred_at, message_id, attempts in loaded:
             if spool_id not in held:
                 held.add(spool_id)

@@ -107,7 +107,9 @@ class SinkOverloaded(SinkUnavailable):
     """The sink is full; Mailtrap should slow down and send them again (429)."""
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+# Not frozen: a frozen dataclass pays a setattr per field on creation, and the
+# durable path creates one Payload per event. Treat it as immutable all the same.
+@dataclass(slots=True, eq=False)
 class Payload:
     """One event as it is forwarded (shared by every target it goes to)."""
 
