@@ -8,10 +8,11 @@ errors) go through the same renderer. Each line has ``timestamp``, ``level`` and
 
 A line per request is the costliest thing the receiver does besides HTTP itself, so
 the JSON pipeline is kept short: a timestamp formatted once per second and reused,
-and lines written to stdout's buffer without a flush each (a write system call per
-line would cost more than the rest of the line). `flush_logs` empties the buffer;
-`server` calls it a few times a second and at exit, so a line reaches stdout within
-a fraction of a second (a SIGKILL loses at most that fraction). The request line
+and lines written to a buffer of its own on stdout's file descriptor without a flush
+each (a write system call per line would cost more than the rest of the line).
+`flush_logs` empties the buffer; `server` calls it a few times a second and at exit,
+so a line reaches stdout within a fraction of a second (a SIGKILL loses at most
+that fraction). The request line
 itself skips structlog's machinery (`emit`) and is rendered straight from its
 fields, in the same shape.
 
@@ -24,7 +25,9 @@ still be matched.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
+import io
 import logging
 import sys
 import time
@@ -36,6 +39,7 @@ import structlog
 
 from .events import Event
 
+_BUFFER_SIZE: Final = 64 * 1024
 # Enough ids to find a request's events in a target's logs without unbounded lines.
 MAX_IDS_LOGGED: Final = 5
 
@@ -96,11 +100,18 @@ def emit(logger: Any, level: str, msg: str, fields: dict[str, Any]) -> None:
         write(orjson.dumps(fields, default=str) + b"\n")
 
 
+# Our own buffer on stdout's file descriptor: sys.stdout's may be none at all
+# (PYTHONUNBUFFERED=1, as container images often set, makes it a bare file).
+_out: io.BufferedWriter | None = None
+
+
 class _BufferedBytesLogger:
-    """Writes each line to stdout's buffer; `flush_logs` pushes it out."""
+    """Writes each line to the log buffer; `flush_logs` pushes it out."""
 
     def __init__(self, *args: Any) -> None:
-        self._write = sys.stdout.buffer.write
+        if _out is None:  # pragma: no cover - configure_logging creates it first
+            raise RuntimeError("configure_logging() was not called")
+        self._write = _out.write
 
     def msg(self, message: bytes) -> None:
         self._write(message + b"\n")
@@ -110,16 +121,18 @@ class _BufferedBytesLogger:
 
 def flush_logs() -> None:
     """Write out buffered log lines."""
-    sys.stdout.flush()  # text written through sys.stdout, which sits on the buffer
-    sys.stdout.buffer.flush()
+    sys.stdout.flush()
+    if _out is not None:
+        _out.flush()
 
 
 def configure_logging(*, format: str = "json", level: str = "info") -> None:
     """Set up structlog (and the standard library's loggers) for the whole process."""
-    global _direct_write, _direct_level
+    global _direct_write, _direct_level, _out
     shared: list[Any] = [structlog.processors.add_log_level]
     renderer: Any
     _direct_write = None
+    stream: Any = sys.stdout
     if format == "console":
         shared.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
         renderer = structlog.dev.ConsoleRenderer()
@@ -129,15 +142,23 @@ def configure_logging(*, format: str = "json", level: str = "info") -> None:
         shared.append(structlog.processors.format_exc_info)
         shared.append(structlog.processors.EventRenamer("msg"))
         renderer = structlog.processors.JSONRenderer(serializer=_orjson_dumps)
+        if _out is None:
+            _out = io.BufferedWriter(
+                io.FileIO(sys.stdout.fileno(), "wb", closefd=False), buffer_size=_BUFFER_SIZE
+            )
+            atexit.register(flush_logs)
         factory = _BufferedBytesLogger
-        _direct_write, _direct_level = sys.stdout.buffer.write, _LEVELS[level]
+        _direct_write, _direct_level = _out.write, _LEVELS[level]
+        # The standard library's records go through the same buffer, so lines keep
+        # their order (its handler flushes after each of its rare records).
+        stream = io.TextIOWrapper(_out, encoding="utf-8", write_through=True)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=factory,
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
