@@ -75,6 +75,7 @@ IMPLICIT = {("mailtrap.io", "mailtrapwebhooks/finalizers", "update")}
 class Peering:
     kind: str  # kopfpeering or clusterkopfpeering
     name: str
+    identity: str  # what the operator calls itself there: its POD_ID
 
 
 def account(namespace: str, name: str) -> str:
@@ -149,12 +150,13 @@ def exercise(
         until(lambda k=kind: child(k) is None, f"the {kind} to be deleted")
 
     if peering is not None:
-        cluster_scoped = peering.kind.startswith("cluster")
-        where = None if cluster_scoped else namespace
-        until(
-            lambda: (get(cluster, peering.kind, peering.name, namespace=where) or {}).get("status"),
-            f"the operator in {peering.kind} {peering.name}",
-        )
+        where = None if peering.kind.startswith("cluster") else namespace
+
+        def peers() -> dict[str, Any]:
+            found = get(cluster, peering.kind, peering.name, namespace=where) or {}
+            return dict(found.get("status") or {})
+
+        until(lambda: peering.identity in peers(), f"{peering.identity} in {peering.name}")
 
 
 def chart_env(deployment: Mapping[str, Any], pod_id: str) -> dict[str, str]:
@@ -225,7 +227,7 @@ def run_with_release(
     operator = start_operator(
         kubeconfig=kubeconfig,
         log_path=tmp_path / f"{namespace}.log",
-        env=chart_env(deployment, pod_id=f"{FULLNAME}-local"),
+        env=chart_env(deployment, pod_id=peering.identity if peering else "local"),
     )
     failure = ""
     try:
@@ -263,7 +265,7 @@ def test_with_peering_the_charts_serviceaccount_is_enough_and_every_grant_is_use
         "--set", "replicaCount=2", "--wait", "--timeout=120s",
         kubeconfig=cluster.admin_kubeconfig,
     )  # fmt: skip
-    peering = Peering("clusterkopfpeering", FULLNAME)
+    peering = Peering("clusterkopfpeering", FULLNAME, identity="local-operator")
     outcome = run_with_release(cluster, namespace, tmp_path, peering=peering)
     assert not outcome.failure
     assert ("kopf.dev", "clusterkopfpeerings", "patch") in outcome.granted
@@ -336,7 +338,7 @@ def run_variant(
             cluster,
             variant.namespace,
             timeout=150 if variant.removed is None else BROKEN,
-            peering=Peering("kopfpeering", VARIANTS_FULLNAME),
+            peering=Peering("kopfpeering", VARIANTS_FULLNAME, identity=env["POD_ID"]),
         )
     except AssertionError as error:
         variant.failure = str(error).splitlines()[0]
