@@ -283,11 +283,12 @@ class WebhookHandler:
         valid: list[Event] = []
         letters: list[DeadLetter] = []
         metrics = self._metrics
+        received: dict[str, int] = {}  # counted per type, not per event: batches are large
         for item in items:
             outcome = classify(item)
             if isinstance(outcome, Event):
                 valid.append(outcome)
-                metrics.event_received(outcome.name)
+                received[outcome.name] = received.get(outcome.name, 0) + 1
             else:
                 letters.append(
                     DeadLetter(
@@ -298,6 +299,8 @@ class WebhookHandler:
                         received_at=time.time(),
                     )
                 )
+        for name, count in received.items():
+            metrics.event_received(name, count)
         # Set before the sink runs, so a failed request's log line names its events.
         fields = request[LOG_FIELDS] = {
             "format": media_type(content_type) or None,

@@ -78,8 +78,8 @@ METRICS_INTERVAL: Final = 1.0
 LRU_ENTRIES: Final = 100_000
 # A worker's share of events held in memory: enough to keep every request slot
 # busy several times over, bounded so that a long outage costs disk, not memory.
-MEMORY_MIN: Final = 1_000
-MEMORY_MAX: Final = 20_000
+MEMORY_MIN: Final = 10_000
+MEMORY_MAX: Final = 50_000
 # A target with batchSize > 1 gets a partial batch only after its first event has
 # waited this long for others (when nothing is in flight to it already).
 LINGER: Final = 0.01
@@ -121,7 +121,7 @@ class TargetWorker:
         self._clock = clock
         self._rng = rng
         self._memory_limit = min(
-            MEMORY_MAX, max(MEMORY_MIN, 4 * route.concurrency * route.batch_size)
+            MEMORY_MAX, max(MEMORY_MIN, 8 * route.concurrency * route.batch_size)
         )
         self._ready: deque[Job] = deque()
         self._ready_since = 0.0  # monotonic: when the oldest ready event became ready

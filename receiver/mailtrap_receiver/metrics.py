@@ -150,8 +150,8 @@ class Metrics:
         child.inc()
         self.request_duration.observe(seconds)
 
-    def event_received(self, name: str) -> None:
-        self._events[name].inc()
+    def event_received(self, name: str, count: int = 1) -> None:
+        self._events[name].inc(count)
 
     def auth_failed(self, reason: str) -> None:
         self._auth[reason].inc()

@@ -28,6 +28,7 @@ import pickle
 import socket
 import subprocess
 import sys
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,9 @@ from .spoolfile import LetterRow, OutcomeRow, SpoolError, StoreRow
 # (each costs two system calls here, a transaction and an fsync there) for a little
 # latency. Under load requests queue during the previous write anyway.
 GROUP_WINDOW: Final = 0.0005
+# A second write may wait at the writer while the first commits, so the writer is
+# not idle while this process handles an answer and prepares the next write.
+MAX_WRITES_IN_FLIGHT: Final = 2
 # How long closing waits for the writer to commit, checkpoint and exit.
 CLOSE_TIMEOUT: Final = 30.0
 _HEADER_SIZE: Final = 4
@@ -170,7 +174,8 @@ class Spool:
         self._on_commit = on_commit
         self._on_failure = on_failure
         self._queued = _Write()
-        self._in_flight: _Write | None = None
+        # Writes sent and not yet answered, oldest first (the writer answers in order).
+        self._in_flight: deque[_Write] = deque()
         self._scheduled: asyncio.TimerHandle | None = None
         self._reads: dict[int, asyncio.Future[Any]] = {}
         self._seq = 0
@@ -232,7 +237,7 @@ class Spool:
             return
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_TIMEOUT):
-                while self._queued or self._in_flight is not None:
+                while self._queued or self._in_flight:
                     if self.failure is not None:
                         break
                     self._idle.clear()
@@ -307,7 +312,7 @@ class Spool:
 
     def _kick(self) -> None:
         if (
-            self._in_flight is None
+            len(self._in_flight) < MAX_WRITES_IN_FLIGHT
             and self._scheduled is None
             and not self._closing
             and self._stream is not None
@@ -316,10 +321,10 @@ class Spool:
 
     def _write(self) -> None:
         self._scheduled = None
-        if self._in_flight is not None or not self._queued:
+        if len(self._in_flight) >= MAX_WRITES_IN_FLIGHT or not self._queued:
             return
         batch, self._queued = self._queued, _Write()
-        self._in_flight = batch
+        self._in_flight.append(batch)
         self._seq += 1
         self._send(
             (
@@ -333,10 +338,9 @@ class Spool:
 
     def _written(self, message: tuple[Any, ...]) -> None:
         _, _, ids, error, pending_events, depth, commits = message
-        batch = self._in_flight
-        self._in_flight = None
-        if batch is None:  # pragma: no cover - the writer answers only what it was sent
+        if not self._in_flight:  # pragma: no cover - the writer answers only what it was sent
             return
+        batch = self._in_flight.popleft()
         self.pending_events, self.depth, self.commits = pending_events, depth, commits
         if error is not None:
             log.error("spool write failed", error=error, requests=len(batch.stores))
@@ -428,7 +432,7 @@ class Spool:
         self.failure = reason
         log.error("spool failed", reason=reason)
         failure = SpoolWriteFailed(reason)
-        pending = [self._queued, *([self._in_flight] if self._in_flight else [])]
+        pending = [self._queued, *self._in_flight]
         for batch in pending:
             for future in batch.futures():
                 if not future.done():
@@ -437,7 +441,8 @@ class Spool:
             if not future.done():
                 future.set_exception(SpoolError(reason))
         self._reads.clear()
-        self._queued, self._in_flight = _Write(), None
+        self._queued = _Write()
+        self._in_flight.clear()
         self._idle.set()
         if self._on_failure is not None:
             self._on_failure(reason)

@@ -111,6 +111,7 @@ if len(MIGRATIONS) != SCHEMA_VERSION:  # pragma: no cover - a guard for whoever 
 BUSY_TIMEOUT: Final = 10.0
 # Keys are IN-list parameters; SQLite allows 32766 per statement since 3.32.
 _IN_CHUNK: Final = 500
+_MAX_PARAMS: Final = 2800
 # Background work of the writer when idle, so it never costs a request much.
 MAINTENANCE_INTERVAL: Final = 5.0
 _PRUNE_BATCH: Final = 2000
@@ -216,6 +217,20 @@ def _marks(count: int) -> str:
     # Only placeholder lists like this one are ever formatted into SQL text (hence
     # the S608 waivers below); every value is bound as a parameter.
     return ",".join("?" * count)
+
+
+def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any, ...]]) -> None:
+    """``insert`` (``INSERT INTO t (columns)``) of ``rows``, many rows per statement:
+    about half the cost per row of executemany, which steps once per row."""
+    width = len(rows[0])
+    per_statement = _MAX_PARAMS // width
+    one = "(" + ",".join("?" * width) + ")"
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        conn.execute(
+            f"{insert} VALUES {','.join([one] * len(chunk))}",
+            [value for row in chunk for value in row],
+        )
 
 
 # --- dead letters, shared by the receiver and the dlq commands --------------------------
@@ -455,12 +470,8 @@ class SpoolFile:
         self.pending_events = 0
         self.depth: dict[str, int] = dict.fromkeys(self.targets, 0)
         self._last_recount = 0.0
-        target_marks = ", ".join(f"?{n}" for n in range(2, len(self.targets) + 2))
-        # An event with no pending row left for any configured target goes.
-        self._cleanup_sql = (
-            "DELETE FROM events WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM pending "  # noqa: S608
-            f"WHERE target IN ({target_marks}) AND event_id = ?1)"
-        )
+        # An event goes once no configured target has a pending row for it.
+        self._target_marks = _marks(len(self.targets))
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -562,17 +573,15 @@ class SpoolFile:
             ids[store_index][row_index] = next_id
             next_id += 1
         if events:
-            conn.executemany(
-                "INSERT INTO events (id, key, name, body, occurred_at, message_id, received_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _insert_rows(
+                conn,
+                "INSERT INTO events (id, key, name, body, occurred_at, message_id, received_at)",
                 events,
             )
-            conn.executemany(
-                "INSERT INTO pending (target, event_id, next_attempt_at) VALUES (?, ?, ?)",
-                pending,
-            )
-            conn.executemany(
-                "INSERT OR REPLACE INTO dedup (key, expires_at) VALUES (?, ?)",
+            _insert_rows(conn, "INSERT INTO pending (target, event_id, next_attempt_at)", pending)
+            _insert_rows(
+                conn,
+                "INSERT OR REPLACE INTO dedup (key, expires_at)",
                 [(event[1], expires) for event in events],
             )
         return ids, len(events)
@@ -624,20 +633,29 @@ class SpoolFile:
             )
         if not finished:
             return 0
-        gone = conn.executemany(
-            "DELETE FROM pending WHERE target = ? AND event_id = ?", finished
-        ).rowcount
-        for target, _ in finished:
-            depth[target] = depth.get(target, 0) - 1
+        by_target: dict[str, list[int]] = {}
+        for target, event_id in finished:
+            by_target.setdefault(target, []).append(event_id)
+        gone = 0
+        for target, event_ids in by_target.items():
+            depth[target] = depth.get(target, 0) - len(event_ids)
+            for chunk in _chunks(event_ids):
+                gone += conn.execute(
+                    f"DELETE FROM pending WHERE target = ? AND event_id IN ({_marks(len(chunk))})",  # noqa: S608
+                    (target, *chunk),
+                ).rowcount
         if gone != len(finished):
             # A row already gone (recorded twice): recount rather than drift.
             depth.update(self._count_pending(conn))
-        ids = sorted({event_id for _, event_id in finished})
-        return int(
-            conn.executemany(
-                self._cleanup_sql, [(event_id, *self.targets) for event_id in ids]
+        removed = 0
+        for chunk in _chunks(sorted({event_id for _, event_id in finished})):
+            removed += conn.execute(
+                f"DELETE FROM events WHERE id IN ({_marks(len(chunk))}) AND NOT EXISTS "  # noqa: S608
+                f"(SELECT 1 FROM pending WHERE target IN ({self._target_marks}) "
+                "AND event_id = events.id)",
+                (*chunk, *self.targets),
             ).rowcount
-        )
+        return removed
 
     def maintain(self) -> None:
         """Prune expired keys a batch at a time; recount what is pending."""
