@@ -1,10 +1,10 @@
 """Where events go that cannot be delivered: the dead-letter store.
 
 Nothing the receiver acknowledged is dropped silently. `app` adds every invalid
-event of an otherwise valid request (with `events.Invalid`'s reason); the delivery
-stage adds events a target never accepted (with the target's name). The store is a
-small Protocol so the next stage can back it with the SQLite spool (and list and
-replay it with ``mailtrap-receiver dlq``) without `app` changing:
+event of an otherwise valid request (with `events.Invalid`'s reason). The store is
+a small Protocol: in ack mode ``durable`` it is `delivery.SpoolDeadLetterStore`, in
+the SQLite spool beside the events no target took (which the delivery workers write
+there themselves), listed and replayed with ``mailtrap-receiver dlq``:
 
 .. code-block:: python
 
@@ -13,8 +13,9 @@ replay it with ``mailtrap-receiver dlq``) without `app` changing:
         async def entries(self, *, limit: int = 100) -> list[DeadLetter]: ...
 
 `add` raising means the letters were not kept; `app` then answers 503 so Mailtrap
-sends the request again. `MemoryDeadLetterStore` is the in-process implementation:
-bounded, and it logs every letter it takes and every one it has to evict.
+sends the request again. `MemoryDeadLetterStore` is the in-process implementation
+of ack mode ``delivered`` (which keeps nothing on disk): bounded, and it logs every
+letter it takes and every one it has to evict.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@ seen once the event is safely handed on. Keys are forgotten after ``window`` sec
 (``delivery.dedupWindow``, 25 h by default, longer than Mailtrap's retry span), and
 at most ``max_entries`` are kept: past that the least recently used key goes first,
 so memory stays bounded whatever the traffic. The clock is injectable so tests can
-move time. The durable spool of the next stage keeps the same window on disk.
+move time. Ack mode ``delivered`` (`sinks.ForwardingSink`) relies on it alone; in
+ack mode ``durable`` the spool keeps the window on disk (`spoolfile`) and a small
+`DedupCache` in front of it only answers known duplicates without a write.
 """
 
 from __future__ import annotations
