@@ -256,7 +256,9 @@ class TargetWorker:
                     key, cast(EventName, name), body, occurred_at, message_id, spool_id
                 )
                 self._ready.append(Job(payload, attempts))
-        self._backlog = more
+        # A full page that loaded nothing new (rows without their event, which no
+        # transaction leaves) must not turn into a busy loop of polls.
+        self._backlog = more and bool(loaded)
         self._upcoming = min(
             math.inf if upcoming is None else upcoming, self._upcoming_while_polling
         )
