@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import datetime
 import ipaddress
 import json
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -41,6 +38,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+
+from tests.helpers.children import die_with_parent, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
@@ -75,21 +74,6 @@ def testbins_dir() -> Path:
         text=True,
     )
     return Path(out.stdout.strip().splitlines()[-1])
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _die_with_parent() -> None:
-    # Children must not outlive a test run that was killed (SIGKILL leaves no
-    # chance for teardown), so ask Linux to signal them when we go.
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 # --- certificates -----------------------------------------------------------------
@@ -509,7 +493,7 @@ class LocalCluster:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=self.workdir,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
             start_new_session=True,
         )
         self._procs.append(_Proc(name, popen, log_path, log))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.cluster import LocalCluster, _die_with_parent, free_port
+from tests.helpers.children import die_with_parent, free_port, stop_process
+from tests.helpers.cluster import LocalCluster
 from tests.helpers.kube import condition, get, wait_until
 
 BIN_DIR = Path(sys.executable).parent
@@ -71,13 +71,7 @@ class OperatorProcess:
         raise AssertionError(f"no {field} in /proc/{self.pid}/status")
 
     def stop(self, *, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(timeout=10)
+        return stop_process(self.process, timeout=timeout)
 
 
 def start_operator(
@@ -110,7 +104,7 @@ def start_operator(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=environment,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     operator = OperatorProcess(process, metrics_port, log_path)
     deadline = time.monotonic() + ready_timeout

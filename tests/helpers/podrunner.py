@@ -24,7 +24,6 @@ import base64
 import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -35,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.cluster import LocalCluster, _die_with_parent, free_port
+from tests.helpers.children import die_with_parent, free_port, stop_process
+from tests.helpers.cluster import LocalCluster
 from tests.helpers.kube import get
 
 BIN_DIR = Path(sys.executable).parent
@@ -61,13 +61,7 @@ class PodProcess:
         return self.log_path.read_text(errors="replace")
 
     def stop(self, *, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            return self.process.wait(timeout=10)
+        return stop_process(self.process, timeout=timeout)
 
 
 def _rewriter(mounts: Mapping[str, Path]) -> Any:
@@ -213,7 +207,7 @@ def start_pod_template(
             stdin=subprocess.DEVNULL,
             env=env,
             cwd=cwd,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     pod = PodProcess(process, command, ports, mounts, log_path, env)
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.helpers.cluster import _die_with_parent, free_port
+from tests.helpers.children import die_with_parent, free_port
 
 __all__ = [
     "ReceiverProcess",
@@ -137,7 +137,7 @@ def start_receiver(
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env={**os.environ, **(env or {})},
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
     receiver = ReceiverProcess(process, host, port, metrics_port, log_path)
     deadline = time.monotonic() + ready_timeout
