@@ -44,6 +44,17 @@ class DeadLetter:
     target: str | None = None  # None: refused on receipt, before any target
 
 
+def log_dead_letter(letter: DeadLetter) -> None:
+    """The warning every store writes for a letter it keeps (never the event itself)."""
+    log.warning(
+        "dead letter",
+        key=letter.key,
+        reason=letter.reason,
+        detail=letter.detail,
+        target=letter.target,
+    )
+
+
 class DeadLetterStore(Protocol):
     """Keeps dead letters; see the module docstring."""
 
@@ -64,13 +75,7 @@ class MemoryDeadLetterStore:
                 evicted = self._letters[0]
                 log.warning("dead letter evicted", key=evicted.key, reason=evicted.reason)
             self._letters.append(letter)
-            log.warning(
-                "dead letter",
-                key=letter.key,
-                reason=letter.reason,
-                detail=letter.detail,
-                target=letter.target,
-            )
+            log_dead_letter(letter)
 
     async def entries(self, *, limit: int = 100) -> list[DeadLetter]:
         """The newest ``limit`` letters, oldest first."""

@@ -48,7 +48,7 @@ import structlog
 from .admin import Lifecycle
 from .auth import watch_secret_files
 from .config import ReceiverConfig, RetryPolicy
-from .deadletters import DeadLetter, DeadLetterStore, MemoryDeadLetterStore
+from .deadletters import DeadLetter, DeadLetterStore, MemoryDeadLetterStore, log_dead_letter
 from .dedup import DedupCache
 from .events import Event, EventName
 from .metrics import Metrics
@@ -364,13 +364,7 @@ class SpoolDeadLetterStore:
     async def add(self, letters: Sequence[DeadLetter]) -> None:
         await self._spool.add_dead_letters(letters)
         for letter in letters:
-            log.warning(
-                "dead letter",
-                key=letter.key,
-                reason=letter.reason,
-                detail=letter.detail,
-                target=letter.target,
-            )
+            log_dead_letter(letter)
 
     async def entries(self, *, limit: int = 100) -> list[DeadLetter]:
         """The newest ``limit`` letters, oldest first."""
