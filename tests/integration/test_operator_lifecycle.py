@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import chart
 from tests.helpers.cluster import LocalCluster
 from tests.helpers.kube import apply, condition, get, secret_manifest, wait_until
 from tests.helpers.operator import (
@@ -381,56 +382,16 @@ def test_optional_children_follow_the_spec(
     assert "externalURL" not in obj["status"]
 
 
-SERVICE_MONITOR_CRD = {
-    "apiVersion": "apiextensions.k8s.io/v1",
-    "kind": "CustomResourceDefinition",
-    "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-    "spec": {
-        "group": "monitoring.coreos.com",
-        "scope": "Namespaced",
-        "names": {
-            "kind": "ServiceMonitor",
-            "plural": "servicemonitors",
-            "singular": "servicemonitor",
-        },
-        "versions": [
-            {
-                "name": "v1",
-                "served": True,
-                "storage": True,
-                "schema": {
-                    "openAPIV3Schema": {
-                        "type": "object",
-                        "x-kubernetes-preserve-unknown-fields": True,
-                    }
-                },
-            }
-        ],
-    },
-}
-
-
 @pytest.fixture
 def service_monitor_crd(cluster: LocalCluster) -> Iterator[None]:
-    existed = get(cluster, "crd", "servicemonitors.monitoring.coreos.com") is not None
-    if not existed:
-        cluster.kubectl("apply", "-f", "-", input_text=json.dumps(SERVICE_MONITOR_CRD))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com"
-    )
-    try:
+    with chart.service_monitor_crd(cluster):
         yield
-    finally:
-        if not existed:
-            cluster.kubectl(
-                "delete", "crd", "servicemonitors.monitoring.coreos.com", "--wait=false"
-            )
 
 
 def test_service_monitor_is_skipped_without_its_crd_and_made_with_it(
     cluster: LocalCluster, operator: OperatorProcess, namespace: str, request: pytest.FixtureRequest
 ) -> None:
-    if get(cluster, "crd", "servicemonitors.monitoring.coreos.com") is None:
+    if get(cluster, "crd", chart.SERVICE_MONITOR) is None:
         create(cluster, namespace, serviceMonitor={"enabled": True})
         wait_ready(cluster, namespace, NAME)
         wait_until(
