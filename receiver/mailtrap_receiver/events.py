@@ -26,7 +26,6 @@ de-duplication key is a stable hash of its content.
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -91,6 +90,10 @@ INVALID_REASONS: Final[tuple[InvalidReason, ...]] = get_args(InvalidReason)
 # Epoch values at or above this are milliseconds: as seconds it would be the year
 # 5138, as milliseconds it is March 1973, before Mailtrap existed.
 _MILLISECONDS_FROM: Final = 100_000_000_000
+# 9999-12-31T23:59:59Z, the last whole second `datetime` can hold. A later time is no
+# real event (microseconds read as milliseconds, say), and targets get event times as
+# datetimes (CloudEvents ``time``): accepting it would fail each delivery instead.
+MAX_TIMESTAMP: Final = 253_402_300_799
 
 
 def canonical_name(wire: str) -> EventName:
@@ -121,13 +124,14 @@ def timestamp_seconds(value: object) -> float | None:
 
     Sending events carry seconds, inbound events milliseconds, and form-encoded
     bodies carry numbers as strings; ISO-8601 strings are accepted for audit logs.
+    Usable means after the epoch and at most `MAX_TIMESTAMP` once in seconds.
     """
     if isinstance(value, bool):
         return None
     if isinstance(value, str):
         text = value.strip()
         try:
-            number = float(text)
+            number = float(text)  # never raises for size: a huge number is inf
         except ValueError:
             try:
                 parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -135,9 +139,14 @@ def timestamp_seconds(value: object) -> float | None:
                 return None
             if parsed.tzinfo is None:
                 return None
-            return parsed.timestamp()
+            seconds = parsed.timestamp()
+            return seconds if 0 < seconds <= MAX_TIMESTAMP else None
         value = number
-    if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
+    if not isinstance(value, int | float):
+        return None
+    # Compared before any conversion: an int of any size compares exactly, where
+    # float() or math.isfinite() would raise OverflowError; NaN fails the comparison.
+    if not 0 < value <= MAX_TIMESTAMP * 1000:
         return None
     return value / 1000 if value >= _MILLISECONDS_FROM else float(value)
 

@@ -36,6 +36,7 @@ CloudEvents 1.0 structured JSON (a batch as an array), with ``Idempotency-Key`` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -244,7 +245,11 @@ def _cloudevent(payload: Payload) -> dict[str, Any]:
         "data": orjson.Fragment(payload.body),
     }
     if payload.timestamp is not None:
-        envelope["time"] = datetime.fromtimestamp(payload.timestamp, UTC).isoformat()
+        # `events.classify` admits only times a datetime can hold, but a spool written
+        # before it did may still hold others; ``time`` is optional, so it is left out
+        # rather than failing the whole batch.
+        with contextlib.suppress(ValueError, OverflowError, OSError):
+            envelope["time"] = datetime.fromtimestamp(payload.timestamp, UTC).isoformat()
     if payload.message_id is not None:
         envelope["subject"] = payload.message_id
     return envelope
@@ -321,12 +326,21 @@ async def post(
 ) -> Attempt:
     """One request carrying ``payloads`` to ``route``, counted in the metrics. Never raises
     for the target's sake (a refusal, a timeout or a reset is an `Attempt`)."""
-    body, headers = encode(route, payloads)
     status: int | None = None
     error: str | None = None
     retry_after: float | None = None
     excerpt: str | None = None
     started = time.perf_counter()
+    try:
+        body, headers = encode(route, payloads)
+    except (ValueError, OverflowError, TypeError) as exc:
+        # A bug (every accepted event should encode), but it must cost one failed
+        # attempt, not an unhandled exception: in ack mode delivered that would be a
+        # 500 for the whole request.
+        log.exception("encoding events failed", target=route.name, events=len(payloads))
+        attempt = Attempt(None, type(exc).__name__, None, None, 0.0)
+        metrics.delivery(route.name, attempt.outcome, 0.0)
+        return attempt
     try:
         # No redirects: a target that moved is a configuration problem, shown as a
         # dead letter with its answer, not followed with events and signatures.

@@ -175,6 +175,23 @@ async def test_invalid_events_go_to_the_dead_letter_store(
     )
 
 
+@pytest.mark.parametrize("target_format", ["mailtrap", "cloudevents"])
+async def test_a_timestamp_no_datetime_can_hold_is_an_invalid_event(
+    make_receiver: MakeReceiver, target: RecordingTarget, target_format: str
+) -> None:
+    # Microseconds, read as milliseconds, are past the year 9999: a CloudEvents
+    # target's ``time`` could not be written, and the request used to fail with 500.
+    receiver = await make_receiver(
+        targets=[{"name": "app", "url": target.url, "format": target_format}]
+    )
+    good, bad = delivery_event(), delivery_event(timestamp=1_716_915_293_000_000)
+    response = await receiver.post_events(good, bad)
+    assert await response.json() == {"accepted": 1, "duplicates": 0, "invalid": 1, "filtered": 0}
+    [letter] = await receiver.dead_letters.entries()
+    assert (letter.reason, letter.event) == ("invalid_field", bad)
+    assert len(target.received) == 1
+
+
 async def test_inbound_and_audit_log_events_are_accepted(
     make_receiver: MakeReceiver, target: RecordingTarget
 ) -> None:

@@ -82,6 +82,18 @@ def test_preferred_wire_names_are_what_mailtrap_sends() -> None:
         (float("nan"), None),
         ("soon", None),
         ([1], None),
+        # Beyond 9999-12-31T23:59:59Z no datetime can hold it: microseconds read as
+        # milliseconds, say. The last second itself is fine.
+        (253_402_300_799_000, 253_402_300_799.0),
+        (253_402_300_799_001, None),
+        (1_716_915_293_000_000, None),
+        ("1716915293000000", None),
+        (2**64 - 1, None),
+        pytest.param(10**400, None, id="int-float-overflows"),
+        pytest.param("9" * 5000, None, id="5000-digits"),
+        (float("inf"), None),
+        ("9999-12-31T23:59:59-05:00", None),
+        ("0001-01-01T00:00:00Z", None),
     ],
 )
 def test_timestamps_are_normalised_to_seconds(value: object, expected: float | None) -> None:
@@ -116,7 +128,13 @@ def test_sending_events_require_their_fields(field: str) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("timestamp", "yesterday"), ("timestamp", True), ("email", ""), ("event_id", ["x"])],
+    [
+        ("timestamp", "yesterday"),
+        ("timestamp", True),
+        ("timestamp", 1_716_915_293_000_000),  # microseconds
+        ("email", ""),
+        ("event_id", ["x"]),
+    ],
 )
 def test_sending_events_with_bad_fields_are_invalid(field: str, value: object) -> None:
     result = classify(delivery_event(**{field: value}))

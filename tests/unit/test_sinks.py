@@ -22,6 +22,8 @@ from mailtrap_receiver.sinks import (
     Routes,
     SinkUnavailable,
     encode,
+    new_session,
+    post,
     target_url,
 )
 from tests.helpers.targets import RecordingTarget
@@ -110,6 +112,35 @@ def test_cloudevents_format() -> None:
     body, headers = encode(route(format="cloudevents"), [Payload.from_event(item), payload()])
     assert headers["Content-Type"] == "application/cloudevents-batch+json"
     assert orjson.loads(body)[0]["id"] == item.key
+
+
+def test_cloudevents_leave_out_a_time_no_datetime_can_hold() -> None:
+    # classify refuses such times now, but a spool written before it did keeps them.
+    stored = Payload("k", "delivery", b'{"event":"delivery"}', 1_716_915_293_000.0, None)
+    body, _ = encode(route(format="cloudevents"), [stored, payload()])
+    first, second = orjson.loads(body)
+    assert "time" not in first
+    assert first["data"] == {"event": "delivery"}
+    assert "time" in second
+
+
+async def test_an_encoding_failure_is_a_failed_attempt_not_an_exception(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*_: Any) -> Any:
+        raise ValueError("year 10000 is out of range")
+
+    monkeypatch.setattr("mailtrap_receiver.sinks.encode", broken)
+    metrics = Metrics()
+    r = route()
+    metrics.add_target(r.name)
+    async with new_session() as session:
+        attempt = await post(session, r, [payload()], metrics=metrics)
+    assert (attempt.status, attempt.error, attempt.delivered) == (None, "ValueError", False)
+    sample = metrics.registry.get_sample_value(
+        "mailtrap_webhook_deliveries_total", {"target": "t", "outcome": "error"}
+    )
+    assert sample == 1
 
 
 def test_configured_headers_cannot_replace_the_receivers(tmp_path: Path) -> None:
