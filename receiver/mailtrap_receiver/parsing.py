@@ -8,8 +8,8 @@ object it returns then goes through `events.classify`. Accepted formats:
 - ``application/jsonl`` (what Mailtrap sends), ``application/x-ndjson`` and the
   other JSON Lines names: one event per line, blank lines ignored;
 - ``application/x-www-form-urlencoded``: one event (``event=delivery&email=...``);
-  values are strings, except a numeric ``timestamp``, which becomes a number so
-  targets see the same shape as from JSON;
+  values are strings, except a numeric ``timestamp`` that fits in 64 bits, which
+  becomes a number so targets see the same shape as from JSON;
 - no Content-Type, ``application/octet-stream`` or ``text/plain``: sniffed, as one
   JSON document and else as JSON Lines.
 
@@ -41,6 +41,9 @@ SNIFFED_TYPES: Final = frozenset({"", "application/octet-stream", "text/plain"})
 
 # A form body is one event of a dozen fields; this only stops hostile bodies early.
 _MAX_FORM_FIELDS: Final = 1000
+# The largest number a form value becomes (what JSON parsers and orjson take).
+_MAX_INT64: Final = 2**63 - 1
+_MAX_INT64_DIGITS: Final = len(str(_MAX_INT64))
 
 
 class BodyError(Exception):
@@ -130,9 +133,19 @@ def _parse_form(body: bytes) -> list[object]:
         raise MalformedBody("empty form body")
     event: dict[str, object] = dict(pairs)
     timestamp = event.get("timestamp")
-    # isdigit() alone also admits digits int() refuses, such as superscripts.
-    if isinstance(timestamp, str) and timestamp.isascii() and timestamp.isdigit():
-        event["timestamp"] = int(timestamp)
+    # isdigit() alone also admits digits int() refuses, such as superscripts. Only a
+    # number that fits in 64 bits becomes one: int() refuses over 4300 digits, and
+    # orjson (the spool, targets) anything larger; a longer one stays a string
+    # (and fails validation as a timestamp).
+    if (
+        isinstance(timestamp, str)
+        and len(timestamp) <= _MAX_INT64_DIGITS
+        and timestamp.isascii()
+        and timestamp.isdigit()
+    ):
+        number = int(timestamp)
+        if number <= _MAX_INT64:
+            event["timestamp"] = number
     return [event]
 
 

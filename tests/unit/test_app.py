@@ -192,6 +192,21 @@ async def test_a_timestamp_no_datetime_can_hold_is_an_invalid_event(
     assert len(target.received) == 1
 
 
+@pytest.mark.parametrize("digits", [25, 400, 5000])
+async def test_a_form_timestamp_of_many_digits_is_an_invalid_event(
+    make_receiver: MakeReceiver, target: RecordingTarget, digits: int
+) -> None:
+    receiver = await make_receiver()
+    fields = {**FORM_EVENT, "timestamp": "9" * digits}
+    response = await post(
+        receiver, urlencode(fields).encode(), content_type="application/x-www-form-urlencoded"
+    )
+    assert await response.json() == {"accepted": 0, "duplicates": 0, "invalid": 1, "filtered": 0}
+    [letter] = await receiver.dead_letters.entries()
+    assert (letter.reason, letter.event) == ("invalid_field", fields)
+    assert target.received == []
+
+
 async def test_inbound_and_audit_log_events_are_accepted(
     make_receiver: MakeReceiver, target: RecordingTarget
 ) -> None:

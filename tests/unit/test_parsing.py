@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from mailtrap_receiver.parsing import (
@@ -84,6 +85,21 @@ def test_form_is_one_event_with_a_numeric_timestamp() -> None:
     body = b"event=delivery&timestamp=%C2%B9"
     [event] = parse_events(body, content_type="application/x-www-form-urlencoded")
     assert event["timestamp"] == "\u00b9"
+
+
+@pytest.mark.parametrize(
+    ("digits", "number"),
+    [("9223372036854775807", True), ("9223372036854775808", False), ("9" * 25, False)]
+    + [("9" * 400, False), ("9" * 5000, False)],
+    ids=["int64-max", "int64-max+1", "25-digits", "400-digits", "5000-digits"],
+)
+def test_a_form_timestamp_becomes_a_number_only_within_64_bits(digits: str, number: bool) -> None:
+    # Larger ones stay strings: int() refuses over 4300 digits, orjson over 64 bits,
+    # and both used to fail the request with 500.
+    body = b"event=delivery&timestamp=" + digits.encode()
+    [event] = parse_events(body, content_type="application/x-www-form-urlencoded")
+    assert event == {"event": "delivery", "timestamp": int(digits) if number else digits}
+    orjson.dumps(event)
 
 
 @pytest.mark.parametrize("content_type", [None, "", "application/octet-stream", "text/plain"])
