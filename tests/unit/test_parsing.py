@@ -89,8 +89,13 @@ def test_form_is_one_event_with_a_numeric_timestamp() -> None:
 
 @pytest.mark.parametrize(
     ("digits", "number"),
-    [("9223372036854775807", True), ("9223372036854775808", False), ("9" * 25, False)]
-    + [("9" * 400, False), ("9" * 5000, False)],
+    [
+        ("9223372036854775807", True),
+        ("9223372036854775808", False),
+        ("9" * 25, False),
+        ("9" * 400, False),
+        ("9" * 5000, False),
+    ],
     ids=["int64-max", "int64-max+1", "25-digits", "400-digits", "5000-digits"],
 )
 def test_a_form_timestamp_becomes_a_number_only_within_64_bits(digits: str, number: bool) -> None:
