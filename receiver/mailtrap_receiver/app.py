@@ -251,10 +251,13 @@ class WebhookHandler:
 
     async def _process(self, request: web.Request) -> web.Response:
         headers = request.headers
-        if self._gate is not None and not self._gate.allows(
-            request.remote, headers.get("X-Forwarded-For")
-        ):
-            raise self._refuse(403, "source_not_allowed", "the source address is not allowed")
+        if self._gate is not None:
+            # Every line, in order, as one list (RFC 9110 allows either form): a proxy
+            # may add a line of its own rather than append to the client's, and then
+            # reading only the first would trust what the client wrote there.
+            forwarded_for = ",".join(headers.getall("X-Forwarded-For", ()))
+            if not self._gate.allows(request.remote, forwarded_for):
+                raise self._refuse(403, "source_not_allowed", "the source address is not allowed")
         if self._basic_auth is not None:
             reason = self._basic_auth.failure(headers.get("Authorization"))
             if reason is not None:

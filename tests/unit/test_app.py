@@ -398,6 +398,24 @@ async def test_source_allow_list(
         assert response.status == status
 
 
+async def test_every_x_forwarded_for_line_counts(make_receiver: MakeReceiver) -> None:
+    # A trusted proxy that adds a line of its own, rather than appending to the
+    # client's: a forged first line must not be taken for the client.
+    receiver = await make_receiver(
+        allowedSourceRanges=["10.0.0.0/8"], trustedProxyRanges=["127.0.0.0/8"]
+    )
+    body = json_body(delivery_event())
+    forged = [*signed_headers(body).items(), ("X-Forwarded-For", "10.1.2.3")]
+    response = await receiver.client.post(
+        PATH, data=body, headers=[*forged, ("X-Forwarded-For", "192.0.2.1")]
+    )
+    await assert_error(response, 403, "source_not_allowed")
+    response = await receiver.client.post(
+        PATH, data=body, headers=[*forged, ("X-Forwarded-For", "10.9.8.7")]
+    )
+    assert response.status == 200
+
+
 async def test_other_paths_are_404(make_receiver: MakeReceiver) -> None:
     receiver = await make_receiver()
     for path in ("/", "/webhooks", "/webhooks/mailtrap/extra", "/metrics"):
