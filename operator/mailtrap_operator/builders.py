@@ -8,8 +8,9 @@ manifests to `kubeapi` for server-side apply.
 The receiver's config file is the spec minus the keys that only shape
 Kubernetes objects (`mailtrap_receiver.config.OPERATOR_ONLY_KEYS`), with every
 ``...SecretRef`` replaced by a ``...SecretFile`` path where the Deployment mounts
-that Secret key. Secret values never enter a manifest: the config holds paths,
-and the pod-template hash is a digest.
+that Secret key. Secret values never enter a manifest nor the pod-template hash:
+the config holds paths, and the hash covers the config text and each referenced
+Secret's uid and resourceVersion (see `config_hash`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from .resources import (
     SERVICE_MONITOR,
     Kind,
     Owner,
+    SecretVersion,
 )
 
 CONFIG_HASH_ANNOTATION: Final = "mailtrap.io/config-hash"
@@ -214,8 +216,15 @@ def render_config(*, config: Mapping[str, Any], owner: Owner) -> str:
     )
 
 
-def config_hash(*, config_text: str, secret_values: Mapping[tuple[str, str], bytes]) -> str:
-    """sha256 over the config file and the referenced secret values (name, key, value)."""
+def config_hash(*, config_text: str, secret_versions: Mapping[str, SecretVersion]) -> str:
+    """sha256 over the config file and each referenced Secret's name, uid and version.
+
+    Never over secret values: the hash is in status and on the pod template,
+    which more people may read than the Secrets, and an unsalted digest of a
+    weak basic-auth password can be brute-forced offline. A rotation still
+    changes the resourceVersion and so rolls the Pods; so does any other write
+    to a referenced Secret, once a reconcile reads it.
+    """
     digest = hashlib.sha256()
 
     def part(data: bytes) -> None:
@@ -224,10 +233,10 @@ def config_hash(*, config_text: str, secret_values: Mapping[tuple[str, str], byt
         digest.update(data)
 
     part(config_text.encode())
-    for (name, key), value in sorted(secret_values.items()):
+    for name, version in sorted(secret_versions.items()):
         part(name.encode())
-        part(key.encode())
-        part(value)
+        part(version.uid.encode())
+        part(version.resource_version.encode())
     return digest.hexdigest()
 
 

@@ -42,6 +42,8 @@ from .resources import (
     OPERATOR_NAME,
     SECRET,
     Kind,
+    SecretData,
+    SecretVersion,
     decode_secret_data,
 )
 
@@ -238,14 +240,21 @@ class KubeApi:
 
     # -- inputs --
 
-    async def read_secret(self, *, namespace: str, name: str) -> dict[str, bytes] | None:
-        """The decoded data of a Secret, or None when it does not exist."""
+    async def read_secret(self, *, namespace: str, name: str) -> SecretData | None:
+        """The decoded data of a Secret and its version, or None when it does not exist."""
         result = await self._request(
             "GET", SECRET.path(namespace=namespace, name=name), missing_ok=True
         )
         if result is None:
             return None
-        return decode_secret_data(result.get("data") or {})
+        meta = result.get("metadata") or {}
+        return SecretData(
+            data=decode_secret_data(result.get("data") or {}),
+            version=SecretVersion(
+                uid=str(meta.get("uid") or ""),
+                resource_version=str(meta.get("resourceVersion") or ""),
+            ),
+        )
 
     async def read_owner(self, *, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._request(

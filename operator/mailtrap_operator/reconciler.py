@@ -30,7 +30,7 @@ from typing import Any, Final
 
 from . import builders, status
 from .kubeapi import ApiError, KubeApi
-from .ledger import ChildKey, ChildState, Ledger, OwnerRecord, SecretKey, digest, drift
+from .ledger import ChildKey, ChildState, Ledger, OwnerRecord, digest, drift
 from .logs import get_logger
 from .metrics import OperatorMetrics
 from .resources import (
@@ -39,6 +39,8 @@ from .resources import (
     SERVICE_MONITOR,
     Owner,
     OwnerKey,
+    SecretData,
+    SecretVersion,
     decode_secret_data,
 )
 from .settings import Settings
@@ -219,9 +221,9 @@ class Reconciler:
         try:
             builders.validate(owner)
             refs = builders.secret_refs(owner.spec)
-            values, problem = await self._read_secrets(owner, refs, record)
+            versions, problem = await self._read_secrets(owner, refs, record)
             if problem is None:
-                await self._apply(owner, values, known_children, record, previous, first)
+                await self._apply(owner, versions, known_children, record, previous, first)
         except builders.SpecError as error:
             problem = status.Problem("InvalidSpec", str(error), permanent=True)
         except ApiError as error:
@@ -262,41 +264,44 @@ class Reconciler:
 
     async def _read_secrets(
         self, owner: Owner, refs: list[builders.SecretRef], record: OwnerRecord
-    ) -> tuple[dict[SecretKey, bytes], status.Problem | None]:
+    ) -> tuple[dict[str, SecretVersion], status.Problem | None]:
+        """The versions of the referenced Secrets, or the problem with them.
+
+        Values are only checked for presence and digested for the ledger (so a
+        Secret event that changes no value we use is ignored); they go nowhere else.
+        """
         names = sorted({ref.name for ref in refs})
         found = await asyncio.gather(
             *(self.api.read_secret(namespace=owner.namespace, name=name) for name in names)
         )
         secrets = dict(zip(names, found, strict=True))
-        values: dict[SecretKey, bytes] = {}
         missing_secrets: dict[str, str] = {}
         missing_keys: list[str] = []
         for ref in refs:
-            data = secrets[ref.name]
-            if data is None:
+            secret = secrets[ref.name]
+            if secret is None:
                 missing_secrets.setdefault(ref.name, ref.field)
-            elif ref.key not in data:
+            elif ref.key not in secret.data:
                 missing_keys.append(
                     f'Secret "{ref.name}" has no key "{ref.key}" (referenced by {ref.field})'
                 )
-            else:
-                values[(ref.name, ref.key)] = data[ref.key]
         record.secret_digests = {
-            (ref.name, ref.key): _digest_of(secrets[ref.name], ref.key) for ref in refs
+            (ref.name, ref.key): _digest_of(_data(secrets[ref.name]), ref.key) for ref in refs
         }
+        versions = {name: secret.version for name, secret in secrets.items() if secret is not None}
         messages = [
             f'Secret "{name}" not found in namespace "{owner.namespace}" (referenced by {where})'
             for name, where in sorted(missing_secrets.items())
         ] + missing_keys
         if not messages:
-            return values, None
+            return versions, None
         reason = "SecretMissing" if missing_secrets else "SecretKeyMissing"
-        return values, status.Problem(reason, "; ".join(messages) + ".")
+        return versions, status.Problem(reason, "; ".join(messages) + ".")
 
     async def _apply(
         self,
         owner: Owner,
-        values: Mapping[SecretKey, bytes],
+        versions: Mapping[str, SecretVersion],
         known_children: Iterable[ChildRef],
         record: OwnerRecord,
         previous: Mapping[str, Any],
@@ -304,7 +309,7 @@ class Reconciler:
     ) -> None:
         config = builders.build_config(spec=owner.spec, namespace=owner.namespace)
         config_text = builders.render_config(config=config, owner=owner)
-        config_hash = builders.config_hash(config_text=config_text, secret_values=values)
+        config_hash = builders.config_hash(config_text=config_text, secret_versions=versions)
         monitors = await self.api.served(kind=SERVICE_MONITOR)
         children = builders.build_children(
             owner=owner,
@@ -497,6 +502,10 @@ class Reconciler:
         # The loop keeps only weak references to tasks: hold them until done.
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def _data(secret: SecretData | None) -> Mapping[str, bytes] | None:
+    return None if secret is None else secret.data
 
 
 def _digest_of(data: Mapping[str, bytes] | None, key: str) -> str | None:

@@ -149,6 +149,23 @@ def controller_owner(body: Mapping[str, Any]) -> tuple[OwnerKey, str] | None:
     return None
 
 
+@dataclass(frozen=True)
+class SecretVersion:
+    """Which object and version of a Secret a reconcile read; what the pod-template
+    hash covers instead of the values (see `builders.config_hash`)."""
+
+    uid: str
+    resource_version: str
+
+
+@dataclass(frozen=True)
+class SecretData:
+    """A Secret as a reconcile reads it: decoded values and the version they are of."""
+
+    data: Mapping[str, bytes]
+    version: SecretVersion
+
+
 def decode_secret_data(data: Mapping[str, Any]) -> dict[str, bytes]:
     """A Secret's ``data`` (base64 values) decoded; undecodable entries are left out."""
     values: dict[str, bytes] = {}

@@ -8,6 +8,7 @@ on a key without a test failing here.
 from __future__ import annotations
 
 import copy
+import inspect
 import posixpath
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from mailtrap_operator.resources import (
     POD_DISRUPTION_BUDGET,
     SERVICE_MONITOR,
     Owner,
+    SecretVersion,
 )
 from mailtrap_receiver.config import OPERATOR_ONLY_KEYS, load_config
 
@@ -114,6 +116,12 @@ SECRETS = {
     ("target-signing", "hmac"): b"target-fake",
     ("mailtrap-basic", "credentials"): b"user:fake",
 }
+# What the hash covers instead of those values: the version of each Secret read.
+VERSIONS = {
+    "mailtrap-signing": SecretVersion(uid="uid-signing", resource_version="100"),
+    "target-signing": SecretVersion(uid="uid-target", resource_version="101"),
+    "mailtrap-basic": SecretVersion(uid="uid-basic", resource_version="102"),
+}
 
 
 def owner_of(spec: dict[str, Any], *, name: str = "transactional") -> Owner:
@@ -124,7 +132,7 @@ def children_of(
     spec: dict[str, Any],
     *,
     monitors: bool = True,
-    secrets: dict[tuple[str, str], bytes] | None = None,
+    versions: dict[str, SecretVersion] | None = None,
 ) -> builders.Children:
     owner = owner_of(spec)
     text = builders.render_config(
@@ -134,7 +142,7 @@ def children_of(
         owner=owner,
         default_image="operator-image:1",
         config_text=text,
-        config_hash=builders.config_hash(config_text=text, secret_values=secrets or SECRETS),
+        config_hash=builders.config_hash(config_text=text, secret_versions=versions or VERSIONS),
         service_monitors_available=monitors,
     )
 
@@ -143,8 +151,8 @@ def by_kind(children: builders.Children) -> dict[str, dict[str, Any]]:
     return {manifest["kind"]: manifest for manifest in children.manifests}
 
 
-def pod_template_hash(spec: dict[str, Any], secrets: dict[tuple[str, str], bytes]) -> str:
-    deployment = by_kind(children_of(spec, secrets=secrets))["Deployment"]
+def pod_template_hash(spec: dict[str, Any], versions: dict[str, SecretVersion]) -> str:
+    deployment = by_kind(children_of(spec, versions=versions))["Deployment"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     return str(annotations[builders.CONFIG_HASH_ANNOTATION])
 
@@ -255,12 +263,37 @@ def test_secret_refs_default_their_keys_like_the_crd() -> None:
 def test_hash_changes_with_the_config() -> None:
     changed = copy.deepcopy(FULL)
     changed["targets"][1]["url"] = "http://elsewhere.data.svc/ingest"
-    assert pod_template_hash(FULL, SECRETS) != pod_template_hash(changed, SECRETS)
+    assert pod_template_hash(FULL, VERSIONS) != pod_template_hash(changed, VERSIONS)
 
 
-def test_hash_changes_when_a_secret_value_rotates() -> None:
-    rotated = {**SECRETS, ("mailtrap-signing", "current"): b"whsec-fake-2\nwhsec-fake-1"}
-    assert pod_template_hash(FULL, SECRETS) != pod_template_hash(FULL, rotated)
+def test_hash_changes_when_a_secret_is_rotated_or_replaced() -> None:
+    rotated = {**VERSIONS, "mailtrap-signing": SecretVersion("uid-signing", "200")}
+    assert pod_template_hash(FULL, VERSIONS) != pod_template_hash(FULL, rotated)
+    # Deleted and created again: a new object, even if etcd reused the number.
+    replaced = {**VERSIONS, "mailtrap-signing": SecretVersion("uid-other", "100")}
+    assert pod_template_hash(FULL, VERSIONS) != pod_template_hash(FULL, replaced)
+
+
+def test_hash_follows_only_the_secrets_that_were_read() -> None:
+    # The reconciler reads only the referenced Secrets; another one changes nothing.
+    unrelated = {**VERSIONS, "someone-elses": SecretVersion("uid-x", "1")}
+    assert builders.config_hash(config_text="x", secret_versions=VERSIONS) != (
+        builders.config_hash(config_text="x", secret_versions=unrelated)
+    )
+
+
+def test_the_hash_is_computed_from_public_inputs_only() -> None:
+    # No secret value goes in: the hash is in status and on the pod template, and
+    # an unsalted digest of a weak basic-auth password could be brute-forced.
+    assert set(inspect.signature(builders.config_hash).parameters) == {
+        "config_text",
+        "secret_versions",
+    }
+    children = by_kind(children_of(FULL))
+    text = children["ConfigMap"]["data"][builders.CONFIG_FILE]
+    assert pod_template_hash(FULL, VERSIONS) == builders.config_hash(
+        config_text=text, secret_versions=VERSIONS
+    )
 
 
 @pytest.mark.parametrize(
@@ -277,12 +310,12 @@ def test_hash_changes_when_a_secret_value_rotates() -> None:
 )
 def test_hash_ignores_what_the_receiver_does_not_read(key: str, value: Any) -> None:
     changed = {**FULL, key: value}
-    assert pod_template_hash(FULL, SECRETS) == pod_template_hash(changed, SECRETS)
+    assert pod_template_hash(FULL, VERSIONS) == pod_template_hash(changed, VERSIONS)
 
 
 def test_hash_input_boundaries_do_not_run_together() -> None:
-    a = builders.config_hash(config_text="x", secret_values={("ab", "c"): b"d"})
-    b = builders.config_hash(config_text="x", secret_values={("a", "bc"): b"d"})
+    a = builders.config_hash(config_text="x", secret_versions={"ab": SecretVersion("c", "1")})
+    b = builders.config_hash(config_text="x", secret_versions={"a": SecretVersion("bc", "1")})
     assert a != b
 
 
