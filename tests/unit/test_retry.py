@@ -80,5 +80,6 @@ def test_retry_after_seconds_and_http_dates() -> None:
     assert parse_retry_after(http_date(now + 90), now=now) == pytest.approx(90.0)
     assert parse_retry_after(http_date(now - 90), now=now) == 0.0  # already past
     assert parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now=now) == 0.0
-    for unusable in (None, "", "soon", "-5", "1.5"):
+    # Non-ASCII digits are digits to str.isdigit() but not to float().
+    for unusable in (None, "", "soon", "-5", "1.5", "\u00b2", "\u0663"):
         assert parse_retry_after(unusable, now=now) is None

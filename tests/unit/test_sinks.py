@@ -246,6 +246,19 @@ async def test_a_waiter_fails_too_when_the_forwarding_request_fails(
     assert all(isinstance(result, SinkUnavailable) for result in results)
 
 
+async def test_a_retry_after_of_non_ascii_digits_is_ignored(target: RecordingTarget) -> None:
+    # "²".isdigit() is true, and float("²") used to raise out of post.
+    sink = await started(config_with({"name": "t", "url": target.url}))
+    target.status = 503
+    target.response_headers = {"Retry-After": "\u00b2"}
+    try:
+        with pytest.raises(SinkUnavailable):
+            await sink.submit([event()])
+    finally:
+        await sink.close()
+    assert len(target.received) == QUICK_ATTEMPTS
+
+
 async def test_filtered_events_are_counted_not_sent(target: RecordingTarget) -> None:
     sink = await started(config_with({"name": "t", "url": target.url, "events": ["bounce"]}))
     try:
