@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,11 +30,20 @@ def _get(cluster: LocalCluster, *args: str) -> dict:  # type: ignore[type-arg]
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
 
 
-def test_apiserver_is_the_pinned_release(cluster: LocalCluster) -> None:
+def test_apiserver_is_within_the_skew_testbins_allows(cluster: LocalCluster) -> None:
+    # hack/testbins.sh takes a kube-apiserver from the environment or PATH when it is
+    # the pinned minor or one either side, so that, not the exact pin, is the promise.
     lines = _VERSIONS.read_text().splitlines()
-    pinned = dict(line.split("=", 1) for line in lines if "=" in line)["KUBERNETES_VERSION"]
-    print(f"kube-apiserver version: {cluster.version}")
-    assert cluster.version == pinned
+    pins = dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+    pinned = pins["KUBERNETES_VERSION"]
+    print(f"kube-apiserver version: {cluster.version} (pinned: {pinned})")
+    have = re.match(r"v(\d+)\.(\d+)\.", cluster.version)
+    want = re.match(r"v(\d+)\.(\d+)\.", pinned)
+    assert have is not None, f"unexpected version {cluster.version!r}"
+    assert want is not None, f"unexpected pin {pinned!r}"
+    skew = abs(int(have.group(2)) - int(want.group(2)))
+    assert have.group(1) == want.group(1), f"{cluster.version}: not the major of {pinned}"
+    assert skew <= 1, f"{cluster.version}: more than one minor away from {pinned}"
 
 
 def test_namespace_and_configmap(cluster: LocalCluster) -> None:
