@@ -11,7 +11,9 @@
 # sends bounces to; apply the example; wait for Ready; port-forward to the
 # receiver's Service; check that a badly signed request gets 401; send a signed
 # bounce with `mailtrap-receiver send-test`; wait until the target printed it.
-# The cluster is deleted at the end, pass or fail (KEEP_CLUSTER=1 keeps it).
+# The cluster is deleted at the end, pass or fail (KEEP_CLUSTER=1 keeps it). A
+# cluster of that name that already exists is the user's: the script stops
+# rather than use or delete it.
 #
 # Environment: KIND (the kind binary), KIND_CLUSTER (name), KIND_NODE_IMAGE,
 # KEEP_CLUSTER, PYTHON (a Python with this project installed; default .venv).
@@ -35,6 +37,7 @@ export KUBECONFIG="$work/kubeconfig"
 kubectl() { "$bin/kubectl" "$@"; }
 helm() { "$bin/helm" "$@"; }
 forward_pid=""
+created=""
 
 diagnose() {
   log "failed; what the cluster says:"
@@ -47,19 +50,28 @@ diagnose() {
 
 cleanup() {
   local code=$?
-  [ "$code" -eq 0 ] || diagnose
+  [ "$code" -eq 0 ] || [ -z "$created" ] || diagnose
   [ -z "$forward_pid" ] || kill "$forward_pid" 2>/dev/null || true
-  if [ -z "${KEEP_CLUSTER:-}" ]; then
+  # Only a cluster this run created is deleted, never one that was there before.
+  if [ -n "$created" ] && [ -z "${KEEP_CLUSTER:-}" ]; then
     "$kind" delete cluster --name "$cluster" >/dev/null 2>&1 || true
-  else
+  elif [ -n "$created" ]; then
     log "kept cluster $cluster (KUBECONFIG=$work/kubeconfig)"
   fi
-  [ -n "${KEEP_CLUSTER:-}" ] || rm -rf "$work"
+  [ -n "$created" ] && [ -n "${KEEP_CLUSTER:-}" ] || rm -rf "$work"
   exit "$code"
 }
 trap cleanup EXIT
 
+# If kind cannot even list its clusters, stop here (set -e) with created still empty.
+clusters=$("$kind" get clusters)
+if grep -qxF "$cluster" <<<"$clusters"; then
+  log "a kind cluster named $cluster already exists; delete it or set KIND_CLUSTER to another name"
+  exit 1
+fi
 log "creating kind cluster $cluster"
+# Set before `create`: a create that fails half-way leaves nodes this run must remove.
+created=1
 "$kind" create cluster --name "$cluster" --kubeconfig "$KUBECONFIG" --wait 180s \
   ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"}
 
@@ -70,7 +82,7 @@ docker build --quiet --tag "$image" .
 log "installing the chart"
 helm install "$release" charts/mailtrap-webhook-operator \
   --namespace "$system" --create-namespace \
-  --set image.repository="${image%%:*}" --set image.tag="${image##*:}" \
+  --set image.repository="${image%%:*}" --set-string image.tag="${image##*:}" \
   --set image.pullPolicy=Never \
   --wait --timeout 300s
 
@@ -140,8 +152,9 @@ port=$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)
 kubectl -n "$apps" port-forward svc/transactional-receiver "$port:80" >"$work/port-forward.log" 2>&1 &
 forward_pid=$!
 url="http://127.0.0.1:$port/webhooks/mailtrap"
+answered=""
 for _ in $(seq 60); do
-  "$python" - "$url" <<'PY' && break
+  "$python" - "$url" <<'PY' && { answered=1; break; }
 import sys, urllib.request, urllib.error
 try:
     urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=b"{}", method="POST"), timeout=2)
@@ -152,6 +165,11 @@ except OSError:
 PY
   sleep 1
 done
+if [ -z "$answered" ]; then
+  log "the receiver did not answer through the port-forward within 60 s; kubectl port-forward said:"
+  cat "$work/port-forward.log"
+  exit 1
+fi
 
 log "a request with a wrong signature must get 401"
 "$python" - "$url" <<'PY'
