@@ -357,6 +357,7 @@ class Reconciler:
             now=self.clock(),
         )
         await self._write_status(owner, record, previous, new)
+        self._rollout_event(owner, previous, new)
 
         was_degraded = status.carried_problem(previous) is not None
         if (
@@ -459,6 +460,15 @@ class Reconciler:
             log.warning(
                 "status not written", namespace=owner.namespace, name=owner.name, error=str(error)
             )
+            return
+        self._rollout_event(owner, previous, new)
+
+    def _rollout_event(
+        self, owner: Owner, previous: Mapping[str, Any], new: Mapping[str, Any]
+    ) -> None:
+        message = status.new_rollout_failure(previous=previous, new=new)
+        if message is not None:
+            self._event(owner, "Warning", status.ROLLOUT_FAILED, message)
 
     async def _owner_alive(self, owner: Owner) -> bool:
         try:

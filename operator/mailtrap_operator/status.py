@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import datetime
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -23,6 +23,11 @@ READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
 CONDITION_TYPES: Final = (READY, PROGRESSING, DEGRADED)
+# Degraded because the Deployment says its rollout failed: read from the
+# Deployment each time, never carried over like a reconcile's problem.
+ROLLOUT_FAILED: Final = "RolloutFailed"
+# Deployment messages are people's reading, but an admission webhook's can be long.
+_MAX_MESSAGE: Final = 512
 
 
 @dataclass(frozen=True)
@@ -43,18 +48,25 @@ class Rollout:
     ready: int
     updated: int
     observed: bool  # the Deployment controller has seen the latest template
+    # Why the Deployment controller gave up on the rollout (its reason and
+    # message), empty while it has not: Progressing=False with
+    # ProgressDeadlineExceeded, or ReplicaFailure=True (quota, admission...).
+    failure: str = ""
 
     @classmethod
     def from_deployment(cls, body: Mapping[str, Any]) -> Rollout:
         meta = body.get("metadata") or {}
         spec = body.get("spec") or {}
         status = body.get("status") or {}
+        observed = int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0)
         return cls(
             desired=int(spec.get("replicas", 1)),
             current=int(status.get("replicas") or 0),
             ready=int(status.get("readyReplicas") or 0),
             updated=int(status.get("updatedReplicas") or 0),
-            observed=int(status.get("observedGeneration") or 0) >= int(meta.get("generation") or 0),
+            observed=observed,
+            # Conditions of a template the controller has not seen yet are stale.
+            failure=_rollout_failure(status.get("conditions") or ()) if observed else "",
         )
 
     @property
@@ -65,6 +77,18 @@ class Rollout:
             and self.current == self.updated
             and self.ready >= self.desired
         )
+
+
+def _rollout_failure(conditions: Iterable[Mapping[str, Any]]) -> str:
+    for item in conditions:
+        kind, value, reason = item.get("type"), item.get("status"), item.get("reason")
+        if (
+            kind == "Progressing" and value == "False" and reason == "ProgressDeadlineExceeded"
+        ) or (kind == "ReplicaFailure" and value == "True"):
+            message = str(item.get("message") or "").strip()
+            text = f"{reason or kind}: {message}" if message else str(reason or kind)
+            return text[:_MAX_MESSAGE]
+    return ""
 
 
 def timestamp(now: datetime.datetime) -> str:
@@ -83,6 +107,8 @@ def carried_problem(status: Mapping[str, Any]) -> Problem | None:
     degraded = condition(status, DEGRADED)
     if degraded is None or degraded.get("status") != "True":
         return None
+    if degraded.get("reason") == ROLLOUT_FAILED:
+        return None  # the Deployment's to report again, or not once it recovers
     return Problem(str(degraded.get("reason", "")), str(degraded.get("message", "")))
 
 
@@ -141,6 +167,12 @@ def build_status(
         if rollout is None:
             ready = (False, "Deploying", "Waiting for the receiver Deployment.")
             progressing = (True, "Deploying", "Waiting for the receiver Deployment.")
+        elif rollout.failure:
+            # The old Pods may well still serve (maxUnavailable is 0): Ready says so.
+            message = f"The receiver Deployment's rollout failed: {rollout.failure}"
+            ready = _readiness(rollout)
+            progressing = (False, ROLLOUT_FAILED, message)
+            degraded = (True, ROLLOUT_FAILED, message)
         else:
             ready = _readiness(rollout)
             progressing = _progress(rollout)
@@ -174,6 +206,21 @@ def build_status(
     if hash_value:
         status["configHash"] = hash_value
     return status
+
+
+def new_rollout_failure(*, previous: Mapping[str, Any], new: Mapping[str, Any]) -> str | None:
+    """The message of a rollout failure ``new`` reports and ``previous`` did not, if any:
+    what deserves a Warning Event."""
+    after = condition(new, DEGRADED)
+    if after is None or after.get("status") != "True" or after.get("reason") != ROLLOUT_FAILED:
+        return None
+    before = condition(previous, DEGRADED)
+    if before is not None and (before.get("reason"), before.get("message")) == (
+        after.get("reason"),
+        after.get("message"),
+    ):
+        return None
+    return str(after.get("message") or "")
 
 
 def refresh_status(

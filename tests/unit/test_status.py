@@ -146,3 +146,85 @@ def test_rollout_from_a_deployment() -> None:
 )
 def test_merge_patch(previous: dict[str, Any], new: dict[str, Any], patch: Any) -> None:
     assert status.merge_patch(previous=previous, new=new) == patch
+
+
+def _deployment(*conditions: dict[str, str], observed: int = 3) -> dict[str, Any]:
+    return {
+        "metadata": {"generation": 3},
+        "spec": {"replicas": 2},
+        "status": {
+            "observedGeneration": observed,
+            "replicas": 3,
+            "readyReplicas": 2,
+            "updatedReplicas": 1,
+            "conditions": list(conditions),
+        },
+    }
+
+
+DEADLINE = {
+    "type": "Progressing",
+    "status": "False",
+    "reason": "ProgressDeadlineExceeded",
+    "message": 'ReplicaSet "hooks-receiver-5d9c" has timed out progressing.',
+}
+QUOTA = {
+    "type": "ReplicaFailure",
+    "status": "True",
+    "reason": "FailedCreate",
+    "message": 'pods "hooks-receiver-5d9c-x" is forbidden: exceeded quota: pods',
+}
+AVAILABLE = {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}
+
+
+@pytest.mark.parametrize("failed", [DEADLINE, QUOTA], ids=["deadline", "replica-failure"])
+def test_a_failed_rollout_is_degraded_with_the_deployments_message(failed: dict[str, str]) -> None:
+    seen = Rollout.from_deployment(_deployment(AVAILABLE, failed))
+    assert seen.failure == f"{failed['reason']}: {failed['message']}"
+    result = build(rollout=seen)
+    assert conditions(result) == {
+        "Ready": ("True", "ReceiverReady"),  # the old Pods still serve
+        "Progressing": ("False", "RolloutFailed"),
+        "Degraded": ("True", "RolloutFailed"),
+    }
+    degraded = status.condition(result, "Degraded")
+    assert degraded is not None
+    assert failed["message"] in degraded["message"]
+    assert status.new_rollout_failure(previous={}, new=result) == degraded["message"]
+    assert status.new_rollout_failure(previous=result, new=result) is None
+
+
+def test_a_rollout_that_progresses_or_is_not_observed_yet_has_not_failed() -> None:
+    progressing = {**DEADLINE, "status": "True", "reason": "ReplicaSetUpdated"}
+    assert Rollout.from_deployment(_deployment(AVAILABLE, progressing)).failure == ""
+    quota_gone = {**QUOTA, "status": "False"}
+    assert Rollout.from_deployment(_deployment(quota_gone)).failure == ""
+    # A new template resets the controller's conditions once observed: until then
+    # the old ones are about the old template.
+    assert Rollout.from_deployment(_deployment(DEADLINE, observed=2)).failure == ""
+
+
+def test_a_rollout_failure_is_not_carried_once_the_deployment_recovers() -> None:
+    failed = build(rollout=Rollout.from_deployment(_deployment(DEADLINE)))
+    assert status.carried_problem(failed) is None
+    recovered = status.refresh_status(previous=failed, rollout=rollout(), now=T1)
+    assert conditions(recovered) == {
+        "Ready": ("True", "ReceiverReady"),
+        "Progressing": ("False", "RolloutComplete"),
+        "Degraded": ("False", "AsExpected"),
+    }
+    assert status.new_rollout_failure(previous=failed, new=recovered) is None
+
+
+def test_a_reconcile_problem_outranks_a_rollout_failure() -> None:
+    seen = Rollout.from_deployment(_deployment(DEADLINE))
+    problem = Problem("SecretMissing", "gone")
+    assert conditions(build(rollout=seen, problem=problem))["Degraded"] == (
+        "True",
+        "SecretMissing",
+    )
+
+
+def test_long_deployment_messages_are_cut() -> None:
+    long = {**QUOTA, "message": "x" * 5000}
+    assert len(Rollout.from_deployment(_deployment(long)).failure) <= 512
