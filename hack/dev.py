@@ -182,7 +182,13 @@ def run(stack: contextlib.ExitStack, workdir: Path) -> None:
     say("  " + (sent.stdout + sent.stderr).strip().replace("\n", "\n  "))
     if sent.returncode != 0:
         raise RuntimeError("send-test failed; see the receiver's log: " + str(pod.log_path))
-    path, headers, body = target.received.get(timeout=60)
+    try:
+        path, headers, body = target.received.get(timeout=60)
+    except queue.Empty:
+        # queue.Empty says nothing by itself: name what did not happen, and where to look.
+        raise RuntimeError(
+            f"the event did not reach the echo target within 60 s; see {pod.log_path}"
+        ) from None
     show(path, headers, body)
 
     say()
@@ -217,7 +223,16 @@ def main(argv: list[str] | None = None) -> int:
         run(stack, workdir)
     except (KeyboardInterrupt, Stopped):
         say("\nStopping")
-    except (ClusterError, RuntimeError, AssertionError, subprocess.CalledProcessError) as error:
+    # A command that hangs (TimeoutExpired) or an event that never arrives (queue.Empty)
+    # is a failed demo like the others: say so, and still clean up below.
+    except (
+        ClusterError,
+        RuntimeError,
+        AssertionError,
+        subprocess.CalledProcessError,
+        subprocess.TimeoutExpired,
+        queue.Empty,
+    ) as error:
         say(f"\nThe demo failed: {error}")
         if isinstance(error, subprocess.CalledProcessError):
             say(error.stderr or "")
