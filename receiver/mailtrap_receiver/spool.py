@@ -15,7 +15,8 @@ outcomes, dead letters) goes in the next one, one transaction and one fsync. Whe
 it is committed, ``on_commit`` runs with the new events (as `sinks.Payload`, with
 their spool ids) and the outcomes, and then the requests' futures resolve.
 
-If the writer process exits, every waiting request fails (503), `failure` says why,
+If the writer process exits (it does when one of its threads fails), or handling
+its answers here raises, every waiting request fails (503), `failure` says why,
 and ``on_failure`` is told (the receiver then fails its liveness probe, so the
 container restarts and the spool, on its volume, is opened again).
 """
@@ -326,15 +327,21 @@ class Spool:
         batch, self._queued = self._queued, _Write()
         self._in_flight.append(batch)
         self._seq += 1
-        self._send(
-            (
-                "write",
-                self._seq,
-                [rows for rows, _ in batch.stores],
-                [row for rows, _ in batch.letters for row in rows],
-                [outcome.row() for outcome in batch.outcomes],
+        try:
+            self._send(
+                (
+                    "write",
+                    self._seq,
+                    [rows for rows, _ in batch.stores],
+                    [row for rows, _ in batch.letters for row in rows],
+                    [outcome.row() for outcome in batch.outcomes],
+                )
             )
-        )
+        except Exception as error:
+            # Run by the event loop's timer, where an exception would only be logged
+            # and the batch's requests would wait for an answer that never comes.
+            log.exception("sending a write to the spool writer failed")
+            self._fail(f"the spool receiver failed: {type(error).__name__}: {error}")
 
     def _written(self, message: tuple[Any, ...]) -> None:
         _, _, ids, error, pending_events, depth, commits = message
@@ -342,6 +349,19 @@ class Spool:
             return
         batch = self._in_flight.popleft()
         self.pending_events, self.depth, self.commits = pending_events, depth, commits
+        try:
+            self._settle(batch, ids, error)
+        except BaseException:
+            # Back in flight, so that `_fail` fails the requests still waiting for it.
+            self._in_flight.appendleft(batch)
+            raise
+        if self._queued and not self._closing:
+            self._kick()
+        else:
+            self._idle.set()
+
+    def _settle(self, batch: _Write, ids: list[list[int]] | None, error: str | None) -> None:
+        """Answer one write's requests and hand its events and outcomes on."""
         if error is not None:
             log.error("spool write failed", error=error, requests=len(batch.stores))
             failure = SpoolWriteFailed(f"the spool cannot store events: {error}")
@@ -353,7 +373,7 @@ class Spool:
         else:
             stored: list[StoredEntry] = []
             results = []
-            for (rows, _), row_ids in zip(batch.stores, ids, strict=True):
+            for (rows, _), row_ids in zip(batch.stores, ids or (), strict=True):
                 accepted = 0
                 for (key, name, body, occurred_at, message_id, targets), spool_id in zip(
                     rows, row_ids, strict=True
@@ -373,10 +393,6 @@ class Spool:
             for _, letter_future in batch.letters:
                 if not letter_future.done():
                     letter_future.set_result(None)
-        if self._queued and not self._closing:
-            self._kick()
-        else:
-            self._idle.set()
 
     # -- reads -------------------------------------------------------------------------
 
@@ -425,6 +441,12 @@ class Spool:
                     return
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except Exception as error:
+            # A bug here (an answer that cannot be read or handled) would otherwise end
+            # this task quietly, and every request would wait for ever for its commit.
+            log.exception("handling the spool writer's answer failed")
+            self._fail(f"the spool receiver failed: {type(error).__name__}: {error}")
+            return
         if not self._closing:
             self._fail("the spool writer process exited unexpectedly")
 

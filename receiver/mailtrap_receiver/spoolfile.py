@@ -40,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import os
 import pickle
 import queue
 import signal
@@ -49,6 +50,7 @@ import struct
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,15 +166,18 @@ def schema_version(conn: sqlite3.Connection) -> int:
 
 @contextlib.contextmanager
 def transaction(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[None]:
-    """One transaction: committed if the block returns, rolled back if it raises."""
+    """One transaction: committed if the block returns, rolled back if it or the
+    commit raises."""
     conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
     try:
         yield
+        # Inside the try: a COMMIT that fails (busy, I/O error) leaves the transaction
+        # open, and the connection's next BEGIN would fail for ever after.
+        conn.execute("COMMIT")
     except BaseException:
         with contextlib.suppress(sqlite3.Error):
             conn.execute("ROLLBACK")
         raise
-    conn.execute("COMMIT")
 
 
 def migrate(conn: sqlite3.Connection) -> int:
@@ -726,6 +731,8 @@ class SpoolFile:
 #                      ("read", seq, result, error)
 
 _HEADER: Final = struct.Struct(">I")
+# The writer process's exit status when one of its threads failed.
+EXIT_THREAD_FAILED: Final = 70
 
 
 def send_frame(sock: socket.socket, message: object, lock: threading.Lock | None = None) -> None:
@@ -767,6 +774,27 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _or_exit(work: Callable[[], None]) -> Callable[[], None]:
+    """``work`` for a thread of the writer process; if it raises, the process exits.
+
+    A thread that died alone would leave the receiver waiting for ever for answers
+    only it sends. Exiting closes the socket: the receiver then fails every waiting
+    request and its liveness probe (`spool.Spool`), and the restart opens the file
+    again. Committed transactions are safe in the WAL; an open one is rolled back.
+    """
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException:
+            print(f"spool: {threading.current_thread().name} failed; exiting", file=sys.stderr)
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(EXIT_THREAD_FAILED)
+
+    return run
+
+
 def serve(
     sock: socket.socket,
     *,
@@ -788,6 +816,12 @@ def serve(
     reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
     stopping = threading.Event()
 
+    def answer(message: tuple[Any, ...]) -> None:
+        # The receiver gone, there is nobody to tell, but queued writes still commit;
+        # the loop below sees the closed socket too and stops everything.
+        with contextlib.suppress(OSError):
+            send_frame(sock, message, lock)
+
     def writer() -> None:
         maintained = time.monotonic()
         while True:
@@ -805,10 +839,13 @@ def serve(
                     ids = spool.write(stores, letters, outcomes)
                 except sqlite3.Error as failure:
                     error = str(failure)
-                send_frame(
-                    sock,
-                    ("written", seq, ids, error, spool.pending_events, spool.depth, spool.commits),
-                    lock,
+                except Exception as failure:
+                    # A bug, not the disk: still answered, so the requests fail (503)
+                    # instead of waiting for ever.
+                    traceback.print_exc()
+                    error = f"{type(failure).__name__}: {failure}"
+                answer(
+                    ("written", seq, ids, error, spool.pending_events, spool.depth, spool.commits)
                 )
             if message is None or time.monotonic() - maintained > MAINTENANCE_INTERVAL:
                 maintained = time.monotonic()
@@ -816,6 +853,9 @@ def serve(
                     spool.maintain()
                 except sqlite3.Error as failure:
                     print(f"spool: maintenance failed: {failure}", file=sys.stderr)
+                except Exception:
+                    print("spool: maintenance failed:", file=sys.stderr)
+                    traceback.print_exc()
 
     def reader() -> None:
         conn = connect(path)
@@ -825,9 +865,14 @@ def serve(
                 try:
                     with transaction(conn, write=False):  # one snapshot per read
                         result = READS[name](conn, **kwargs)
-                    send_frame(sock, ("read", seq, result, None), lock)
                 except sqlite3.Error as failure:
-                    send_frame(sock, ("read", seq, None, str(failure)), lock)
+                    answer(("read", seq, None, str(failure)))
+                    continue
+                except Exception as failure:
+                    traceback.print_exc()  # a bug, not the disk
+                    answer(("read", seq, None, f"{type(failure).__name__}: {failure}"))
+                    continue
+                answer(("read", seq, result, None))
         finally:
             conn.close()
 
@@ -842,9 +887,9 @@ def serve(
             conn.close()
 
     threads = [
-        threading.Thread(target=writer, name="spool-writer"),
-        threading.Thread(target=reader, name="spool-reader"),
-        threading.Thread(target=checkpointer, name="spool-checkpointer"),
+        threading.Thread(target=_or_exit(writer), name="spool-writer"),
+        threading.Thread(target=_or_exit(reader), name="spool-reader"),
+        threading.Thread(target=_or_exit(checkpointer), name="spool-checkpointer"),
     ]
     for thread in threads:
         thread.start()

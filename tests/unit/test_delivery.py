@@ -20,6 +20,7 @@ from mailtrap_receiver.delivery import SpoolSink
 from mailtrap_receiver.events import Event, classify
 from mailtrap_receiver.metrics import Metrics
 from mailtrap_receiver.sinks import SinkOverloaded, SinkUnavailable
+from mailtrap_receiver.spool import SpoolError, SpoolWriteFailed
 from mailtrap_receiver.spoolfile import StoredDeadLetter, list_dead_letters, open_existing
 from mailtrap_receiver.spoolfile import replay_dead_letters as replay
 from tests.helpers.targets import RecordingTarget
@@ -313,6 +314,42 @@ async def test_a_dead_writer_process_fails_requests_and_health(
     with pytest.raises(SinkUnavailable):
         await sink.submit([event()])
     assert "exited" in (lifecycle.failure or "")
+
+
+async def test_a_failure_handling_a_commit_fails_requests_and_health(
+    make_sink: SinkFactory, target: RecordingTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A bug on this side of the socket used to end the spool's receiving task
+    # quietly: every request then waited for ever for its commit.
+    lifecycle = Lifecycle()
+    sink = await make_sink({"name": "app", "url": target.url}, lifecycle=lifecycle)
+
+    def broken(payload: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(sink.workers["app"], "offer", broken)
+    async with asyncio.timeout(10):
+        with pytest.raises(SpoolWriteFailed, match="RuntimeError"):
+            await sink.submit([event()])
+        with pytest.raises(SpoolWriteFailed):  # later ones fail at once
+            await sink.submit([event()])
+    assert "RuntimeError" in (lifecycle.failure or "")
+
+
+async def test_a_write_the_writer_process_cannot_handle_is_answered(
+    make_sink: SinkFactory, target: RecordingTarget
+) -> None:
+    # Not an sqlite3.Error: it used to end the writer's thread, and the request hung.
+    sink = await make_sink({"name": "app", "url": target.url})
+    malformed = sink.spool.store([(event(), 5)])  # type: ignore[list-item]
+    async with asyncio.timeout(10):
+        with pytest.raises(SpoolWriteFailed, match="TypeError"):
+            await malformed
+        with pytest.raises(SpoolError, match="TypeError"):
+            await sink.spool.read("oldest_pending", wrong_argument=1)
+        # Both threads are still there.
+        assert (await sink.submit([event()])).accepted == 1
+        assert await sink.spool.read("oldest_pending", targets=["app"]) != {}
 
 
 def test_the_forwarded_body_is_the_event_json(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from mailtrap_receiver.spoolfile import (
     purge_dead_letters,
     replay_dead_letters,
     schema_version,
+    transaction,
 )
 
 WINDOW = 3600.0
@@ -210,6 +211,24 @@ def test_polls_skip_what_a_worker_holds_and_say_when_more_is_due(
     assert [item[0] for item in loaded] == ids[4:]
     assert not more
     assert oldest_pending(spool.conn, targets=["a", "b"]) == {"a": clock.now}
+
+
+def test_a_failed_commit_is_rolled_back(tmp_path: Path) -> None:
+    # A deferred foreign key fails at COMMIT, which leaves the transaction open: the
+    # connection's next BEGIN would then fail too.
+    conn = connect(tmp_path / "fk.db")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+    conn.execute(
+        "CREATE TABLE child (parent INTEGER REFERENCES parent (id) DEFERRABLE INITIALLY DEFERRED)"
+    )
+    with pytest.raises(sqlite3.IntegrityError), transaction(conn):
+        conn.execute("INSERT INTO child VALUES (1)")
+    assert not conn.in_transaction
+    with transaction(conn):
+        conn.execute("INSERT INTO parent VALUES (1)")
+    assert conn.execute("SELECT count(*) FROM child").fetchone()[0] == 0
+    conn.close()
 
 
 def test_pending_rows_of_a_removed_target_become_dead_letters(
