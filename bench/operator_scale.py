@@ -8,6 +8,9 @@ peak resident set size (VmHWM). The per-resource ratio against a small first
 batch on the same machine says whether the cost grows linearly.
 
     .venv/bin/python bench/operator_scale.py --count 1000
+
+A batch that is not all Ready within --timeout ends the run with exit status 1 and
+what it reached, rather than timings and rates computed from a run that never ended.
 """
 
 from __future__ import annotations
@@ -28,6 +31,17 @@ from tests.helpers.kube import get, secret_manifest
 from tests.helpers.operator import start_operator
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+class TimedOut(Exception):
+    """A batch was not all reconciled and Ready in time; the message says how far it got."""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def _resource(index: int, replicas: int) -> dict[str, Any]:
@@ -58,7 +72,13 @@ def _counts(cluster: LocalCluster, namespace: str) -> tuple[int, int]:
 
 
 def run_batch(
-    cluster: LocalCluster, *, namespace: str, count: int, replicas: int, writers: int
+    cluster: LocalCluster,
+    *,
+    namespace: str,
+    count: int,
+    replicas: int,
+    writers: int,
+    timeout: float,
 ) -> dict[str, float]:
     cluster.kubectl("create", "namespace", namespace)
     cluster.kubectl(
@@ -80,25 +100,32 @@ def run_batch(
     with concurrent.futures.ThreadPoolExecutor(writers) as pool:
         list(pool.map(create, chunks))
     created = time.monotonic() - started
-    reconciled_at = ready_at = 0.0
-    while time.monotonic() - started < 900:
+    reconciled_at = 0.0
+    while True:
         reconciled, ready = _counts(cluster, namespace)
         now = time.monotonic() - started
         if reconciled == count and not reconciled_at:
             reconciled_at = now
         if ready == count:
-            ready_at = now
-            break
+            return {"created": created, "reconciled": reconciled_at, "ready": now}
+        if now > timeout:
+            # Timings and per-resource rates of an unfinished batch would be made up.
+            raise TimedOut(
+                f"{namespace}: after {now:.0f}s only {reconciled} of {count} MailtrapWebhooks "
+                f"were reconciled and {ready} Ready"
+            )
         time.sleep(2)
-    return {"created": created, "reconciled": reconciled_at, "ready": ready_at}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--count", type=int, default=1000)
-    parser.add_argument("--baseline", type=int, default=100, help="size of the first batch")
-    parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--writers", type=int, default=8, help="parallel kubectl processes")
+    parser.add_argument("--count", type=_positive, default=1000)
+    parser.add_argument("--baseline", type=_positive, default=100, help="size of the first batch")
+    parser.add_argument("--replicas", type=_positive, default=1)
+    parser.add_argument("--writers", type=_positive, default=8, help="parallel kubectl processes")
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="seconds a batch may take to be all Ready"
+    )
     args = parser.parse_args()
 
     with local_cluster() as cluster, tempfile.TemporaryDirectory() as tmp:
@@ -121,6 +148,7 @@ def main() -> int:
                     count=count,
                     replicas=args.replicas,
                     writers=args.writers,
+                    timeout=args.timeout,
                 )
                 timing = results[label]
                 print(
@@ -136,6 +164,10 @@ def main() -> int:
             main_rate = results["main"]["reconciled"] / args.count
             print(f"operator peak RSS {peak:.0f} MiB, now {rss:.0f} MiB")
             print(f"seconds per resource, main/baseline: {main_rate / base:.2f}")
+        except TimedOut as error:
+            tail = "\n".join(operator.log().splitlines()[-20:])
+            print(f"FAILED: timed out. {error}\noperator log, last lines:\n{tail}", file=sys.stderr)
+            return 1
         finally:
             operator.stop()
     return 0
