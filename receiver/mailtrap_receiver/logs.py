@@ -135,7 +135,9 @@ def configure_logging(*, format: str = "json", level: str = "info") -> None:
     stream: Any = sys.stdout
     if format == "console":
         shared.append(structlog.processors.TimeStamper(fmt="iso", utc=True))
-        renderer = structlog.dev.ConsoleRenderer()
+        # Plain tracebacks even where rich or better_exceptions is installed: those
+        # print local variables, which hold request bodies, signatures and secrets.
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
         factory: Any = structlog.WriteLoggerFactory(file=sys.stdout)
     else:
         shared.append(_timestamper)

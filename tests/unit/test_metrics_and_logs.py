@@ -143,3 +143,29 @@ def test_console_logs_are_for_people() -> None:
     assert "hello" in output
     assert "hidden" not in output
     assert not output.lstrip().startswith("{")
+
+
+def test_console_tracebacks_are_plain_whatever_is_installed() -> None:
+    # structlog's console renderer uses rich (with local variables: bodies, secrets)
+    # or better_exceptions when installed; a stand-in for the latter shows which.
+    code = (
+        "import sys, types\n"
+        "fancy = types.ModuleType('better_exceptions')\n"
+        "fancy.format_exception = lambda *args: ['FANCY TRACEBACK\\n']\n"
+        "sys.modules['better_exceptions'] = fancy\n"
+        "from mailtrap_receiver.logs import configure_logging\n"
+        "import structlog\n"
+        "configure_logging(format='console', level='info')\n"
+        "try:\n"
+        "    secret = 'do-not-print'\n"
+        "    raise ValueError('boom')\n"
+        "except ValueError:\n"
+        "    structlog.get_logger().exception('failed')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert "Traceback (most recent call last)" in done.stdout
+    assert "ValueError: boom" in done.stdout
+    assert "FANCY" not in done.stdout
+    assert "do-not-print" not in done.stdout
