@@ -88,15 +88,12 @@ version_fits() { # name path -> 0 when the binary's version is one hack/versions
 }
 
 find_existing() { # name -> a fitting binary from the two directories or PATH, or nothing
-  local name=$1 dir path
-  # The empty entry stands for PATH.
-  for dir in "${MAILTRAP_TESTBINS:-}" "${KUBEBUILDER_ASSETS:-}" ""; do
-    if [ -n "$dir" ]; then
-      path="$dir/$name"
-      [ -x "$path" ] || continue
-    else
-      path=$(command -v "$name") || continue
-    fi
+  local name=$1 path candidates=()
+  [ -z "${MAILTRAP_TESTBINS:-}" ] || candidates+=("$MAILTRAP_TESTBINS/$name")
+  [ -z "${KUBEBUILDER_ASSETS:-}" ] || candidates+=("$KUBEBUILDER_ASSETS/$name")
+  path=$(command -v "$name") && candidates+=("$path")
+  for path in "${candidates[@]}"; do
+    [ -x "$path" ] || continue
     # Our own links (bin/ may be on PATH) are not a source.
     case $(readlink -f "$path") in "$cache"/*) continue ;; esac
     if version_fits "$name" "$path"; then echo "$path"; return 0; fi
