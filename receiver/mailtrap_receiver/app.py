@@ -302,8 +302,6 @@ class WebhookHandler:
                         received_at=time.time(),
                     )
                 )
-        for name, count in received.items():
-            metrics.event_received(name, count)
         # Set before the sink runs, so a failed request's log line names its events.
         fields = request[LOG_FIELDS] = {
             "format": media_type(content_type) or None,
@@ -321,8 +319,11 @@ class WebhookHandler:
             raise Rejected(429, "sink_overloaded", str(error), headers=_RETRY_AFTER) from None
         except SinkUnavailable as error:
             raise Rejected(503, "sink_unavailable", str(error), headers=_RETRY_AFTER) from None
+        # Counted once the sink took them: a request refused above is sent again,
+        # and counted then.
+        for name, count in received.items():
+            metrics.event_received(name, count)
         metrics.duplicates_seen(result.duplicates)
-        # Counted once stored: a request refused above is sent again, and counted then.
         for letter in letters:
             metrics.invalid_event(letter.reason)
         counts = {

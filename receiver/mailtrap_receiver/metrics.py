@@ -68,7 +68,8 @@ class Metrics:
         )
         self.events_received = Counter(
             PREFIX + "events_received_total",
-            "Valid events received (duplicates included), by canonical event type.",
+            "Valid events received and taken (duplicates included; a request answered "
+            "429 or 503 is counted when sent again), by canonical event type.",
             ["event"],
             registry=r,
         )

@@ -534,9 +534,12 @@ async def test_a_failing_target_is_503_and_the_retry_is_forwarded(
     await assert_error(await post(receiver, body), 503, "sink_unavailable")
     assert await receiver.dead_letters.entries() == []
     target.status = 200
+    assert receiver.sample("mailtrap_webhook_events_received_total", {"event": "delivery"}) == 0
     response = await post(receiver, body)  # Mailtrap's retry: not a duplicate
     assert await response.json() == {"accepted": 1, "duplicates": 0, "invalid": 1, "filtered": 0}
     assert len(await receiver.dead_letters.entries()) == 1
+    # Counted once, when taken, not for the refused attempt as well.
+    assert receiver.sample("mailtrap_webhook_events_received_total", {"event": "delivery"}) == 1
     assert (
         receiver.sample("mailtrap_webhook_invalid_events_total", {"reason": "missing_field"}) == 1
     )
