@@ -437,6 +437,8 @@ class SpoolSink:
 
     async def start(self) -> None:
         await self.spool.open()
+        for target, count in self.spool.removed.items():
+            self._metrics.dead_letter(target, "target_removed", count)
         self._session = new_session()
         self._tasks = [
             asyncio.create_task(worker.run(), name=f"deliver-{name}")

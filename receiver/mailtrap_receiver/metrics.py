@@ -118,7 +118,7 @@ class Metrics:
         self.dead_letters = Counter(
             PREFIX + "dead_letters_total",
             "Events given up on and kept in the dead-letter store, by target and reason "
-            "(attempts_exhausted, rejected).",
+            "(attempts_exhausted, rejected, target_removed).",
             ["target", "reason"],
             registry=r,
         )
@@ -186,11 +186,11 @@ class Metrics:
     def lag(self, target: str, seconds: float) -> None:
         self._targets[target][1].observe(seconds)
 
-    def dead_letter(self, target: str, reason: str) -> None:
+    def dead_letter(self, target: str, reason: str, count: int = 1) -> None:
         child = self._dead_letters.get((target, reason))
         if child is None:
             child = self._dead_letters[(target, reason)] = self.dead_letters.labels(target, reason)
-        child.inc()
+        child.inc(count)
 
     def pending(self, target: str, *, depth: int, oldest_age: float) -> None:
         """A target's queue, as the durable sink last saw it."""

@@ -191,6 +191,9 @@ class Spool:
         self.commits = 0
         self.pending_events = 0
         self.depth: dict[str, int] = dict.fromkeys(self._targets, 0)
+        # Dead letters made at open of the pending events of targets no longer
+        # configured, per target.
+        self.removed: dict[str, int] = {}
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -223,7 +226,7 @@ class Spool:
         if first[0] != "ready":
             await self._reap()
             raise SpoolError(first[1])
-        _, self.pending_events, self.depth = first
+        _, self.pending_events, self.depth, self.removed = first
         self._receiver = asyncio.create_task(self._receive(reader), name="spool-receiver")
         log.info(
             "spool open",

@@ -452,7 +452,8 @@ class SpoolFile:
     """The spool file as its one writer sees it.
 
     ``targets`` are the configured target names: pending rows of any other target (a
-    target removed from the config) become dead letters at `open`. `write` is the
+    target removed from the config) become dead letters at `open`, counted per target
+    in `removed` (the receiver adds them to its dead-letter metric). `write` is the
     group commit; `commits`, `pending_events` (events not yet delivered everywhere)
     and `depth` (pending rows per target) are kept exact by this writer and
     recounted by `maintain` (``dlq replay`` adds rows from outside).
@@ -474,6 +475,7 @@ class SpoolFile:
         self.commits = 0
         self.pending_events = 0
         self.depth: dict[str, int] = dict.fromkeys(self.targets, 0)
+        self.removed: dict[str, int] = {}
         self._last_recount = 0.0
         # An event goes once no configured target has a pending row for it.
         self._target_marks = _marks(len(self.targets))
@@ -699,7 +701,7 @@ class SpoolFile:
         now = self._clock()
         with transaction(conn):
             for target in removed:
-                conn.execute(
+                self.removed[target] = conn.execute(
                     "INSERT INTO dead_letters (target, key, name, reason, detail, status, "
                     "attempts, body, occurred_at, message_id, received_at, failed_at) "
                     "SELECT p.target, e.key, e.name, 'target_removed', "
@@ -707,7 +709,7 @@ class SpoolFile:
                     "e.body, e.occurred_at, e.message_id, e.received_at, ? "
                     "FROM pending p JOIN events e ON e.id = p.event_id WHERE p.target = ?",
                     (now, target),
-                )
+                ).rowcount
                 conn.execute("DELETE FROM pending WHERE target = ?", (target,))
                 print(
                     f"spool: pending events of removed target {target!r} are dead letters now",
@@ -725,7 +727,7 @@ class SpoolFile:
 # Receiver -> writer:  ("write", seq, stores, letters, outcomes)
 #                      ("read", seq, name, kwargs)
 #                      ("stop",)
-# Writer -> receiver:  ("ready", pending_events, depth)       once open
+# Writer -> receiver:  ("ready", pending_events, depth, removed)  once open
 #                      ("failed", message)                    could not open; exits
 #                      ("written", seq, ids, error, pending_events, depth, commits)
 #                      ("read", seq, result, error)
@@ -810,7 +812,7 @@ def serve(
     except SpoolError as error:
         send_frame(sock, ("failed", str(error)))
         return 1
-    send_frame(sock, ("ready", spool.pending_events, spool.depth))
+    send_frame(sock, ("ready", spool.pending_events, spool.depth, spool.removed))
 
     writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
     reads: queue.SimpleQueue[Any] = queue.SimpleQueue()

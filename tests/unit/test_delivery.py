@@ -220,6 +220,26 @@ async def test_pending_events_resume_and_dedup_survives_a_restart(
     assert (result.accepted, result.duplicates) == (1, 5)
 
 
+async def test_events_of_a_removed_target_are_counted_as_dead_letters(
+    make_sink: SinkFactory, target: RecordingTarget, other_target: RecordingTarget
+) -> None:
+    other_target.hold()  # the event stays pending for it
+    first = await make_sink(
+        {"name": "app", "url": target.url}, {"name": "crm", "url": other_target.url}
+    )
+    await first.submit([event()])
+    await eventually(lambda: bool(other_target.received))
+    await first.close()
+    other_target.release()
+
+    metrics = Metrics()
+    await make_sink({"name": "app", "url": target.url}, metrics=metrics)
+    sample = metrics.registry.get_sample_value(
+        "mailtrap_webhook_dead_letters_total", {"target": "crm", "reason": "target_removed"}
+    )
+    assert sample == 1
+
+
 async def test_too_many_pending_events_is_overloaded(
     make_sink: SinkFactory, target: RecordingTarget
 ) -> None:

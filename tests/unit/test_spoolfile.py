@@ -241,6 +241,7 @@ def test_pending_rows_of_a_removed_target_become_dead_letters(
     try:
         assert renamed.depth == {"a": 1}
         assert renamed.pending_events == 1  # y no longer waits for anyone
+        assert renamed.removed == {"b": 2}  # for the dead-letter metric
         letters = list_dead_letters(renamed.conn)
         assert sorted((letter.key, letter.target, letter.reason) for letter in letters) == [
             ("x", "b", "target_removed"),
