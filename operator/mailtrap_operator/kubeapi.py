@@ -7,10 +7,12 @@ classes, which cost more CPU than the requests themselves at a thousand
 resources. Calls are blocking, so they run on a small dedicated thread pool and
 the rest of the operator awaits them.
 
-`reconciler` is the only caller: server-side apply of children, deletion of
+`reconciler` makes every request: server-side apply of children, deletion of
 children no longer wanted, reading the Secrets a spec references, writing the
 owner's status, posting Events, and an API discovery check (cached) for
-optional kinds such as the Prometheus Operator's ServiceMonitor.
+optional kinds such as the Prometheus Operator's ServiceMonitor. The other
+caller, `handlers.login`, only gets kopf's own HTTP session from here
+(`KubeApi.kopf_session`), so that kopf's connection pool is bounded too.
 """
 
 from __future__ import annotations
@@ -69,6 +71,11 @@ class ApiError(Exception):
     def namespace_terminating(self) -> bool:
         """Nothing can be created in a namespace that is being deleted: not worth a retry."""
         return self.status == 403 and "is being terminated" in self.message
+
+    @property
+    def forbidden(self) -> bool:
+        """RBAC refused the operator: a permission to grant, not an outage to wait out."""
+        return self.status == 403 and not self.namespace_terminating
 
     @property
     def rejected(self) -> bool:

@@ -232,11 +232,7 @@ class Reconciler:
                 # putting them back is neither possible nor wanted.
                 log.info("namespace terminating", namespace=owner.namespace, name=owner.name)
                 return None
-            problem = status.Problem(
-                "ApplyRejected" if error.rejected else "ApiUnavailable",
-                f"The Kubernetes API answered {error}",
-                permanent=error.rejected,
-            )
+            problem = api_problem(error)
         if problem is not None:
             await self._report_problem(owner, record, previous, problem)
         record.reconciled = True
@@ -512,6 +508,22 @@ class Reconciler:
         # The loop keeps only weak references to tasks: hold them until done.
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def api_problem(error: ApiError) -> status.Problem:
+    """What a failed request means for the resource, named so people know what to fix."""
+    if error.rejected:
+        return status.Problem(
+            "ApplyRejected", f"The Kubernetes API answered {error}", permanent=True
+        )
+    if error.forbidden:
+        # Retried all the same: granting the permission must not need a spec change.
+        return status.Problem(
+            "Forbidden",
+            f"The Kubernetes API refused the operator ({error}): "
+            "check the operator's RBAC (the chart's ClusterRole or Roles).",
+        )
+    return status.Problem("ApiUnavailable", f"The Kubernetes API answered {error}")
 
 
 def _data(secret: SecretData | None) -> Mapping[str, bytes] | None:
