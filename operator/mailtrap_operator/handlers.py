@@ -29,7 +29,7 @@ from typing import Any, Final
 import kopf
 
 from .builders import secret_refs
-from .reconciler import ChildRef, Reconciler
+from .reconciler import ChildRef, Reconciler, retry_delay
 from .resources import (
     CHILD_KINDS,
     GROUP,
@@ -48,7 +48,6 @@ from .settings import Settings
 MTWH: Final = (GROUP, VERSION, PLURAL)
 MANAGED_LABELS: Final = {MANAGED_BY_SELECTOR.split("=")[0]: MANAGED_BY_SELECTOR.split("=")[1]}
 WATCHED_CHILDREN: Final[tuple[Kind, ...]] = tuple(kind for kind in CHILD_KINDS if kind.watched)
-MAX_RETRY_DELAY: Final = 300.0
 # kopf's own requests in flight (patches of its annotations), beside the watches.
 REQUEST_CONNECTIONS: Final = 24
 
@@ -114,11 +113,6 @@ class _Indexes:
 
     def children_of(self, key: OwnerKey) -> Iterable[ChildRef]:
         return tuple(self.children.get(key, ()))
-
-
-def retry_delay(retry: int) -> float:
-    """Exponential backoff for broken references: 5 s, 10 s, 20 s ... 5 min."""
-    return float(min(MAX_RETRY_DELAY, 5.0 * 2 ** min(retry, 10)))
 
 
 # --- connecting -----------------------------------------------------------------------
@@ -242,5 +236,9 @@ async def secret_event(
         if (owner := indexes.owner((namespace, owner_name))) is not None
     ]
     await _reconciler(memo).on_secret_event(
-        event_type=type, body=body, owners=owners, known_children=indexes.children_of
+        event_type=type,
+        body=body,
+        owners=owners,
+        find_owner=indexes.owner,
+        known_children=indexes.children_of,
     )

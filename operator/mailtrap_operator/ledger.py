@@ -47,6 +47,8 @@ class OwnerRecord:
     # Digest of each referenced secret value, None for a missing secret or key.
     secret_digests: dict[SecretKey, str | None] = field(default_factory=dict)
     reconciled: bool = False
+    # The last reconcile met a problem that a retry may solve (not a spec error).
+    failed: bool = False
 
 
 def digest(value: bytes) -> str:

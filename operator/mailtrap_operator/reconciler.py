@@ -18,6 +18,12 @@ from hand edits, `metrics` to count. The three entry points:
   readiness.
 - `Reconciler.on_secret_event`: a referenced Secret appeared, changed or went
   away; reconcile its owners if the values they use changed.
+
+kopf retries the reconciles of its own handlers. The other two have no handler
+to retry them, so when they meet a problem a retry may solve (the API
+unreachable, say, while a child was deleted) a task per owner retries with the
+same backoff until a reconcile succeeds, the owner goes away or a spec change
+is needed.
 """
 
 from __future__ import annotations
@@ -49,6 +55,12 @@ log = get_logger(__name__)
 
 ChildRef = tuple[str, str]  # (kind, name), as kopf's children index holds them
 SECRET_PROBLEMS: Final = frozenset({"SecretMissing", "SecretKeyMissing"})
+MAX_RETRY_DELAY: Final = 300.0
+
+
+def retry_delay(retry: int) -> float:
+    """Exponential backoff for failed reconciles: 5 s, 10 s, 20 s ... 5 min."""
+    return float(min(MAX_RETRY_DELAY, 5.0 * 2 ** min(retry, 10)))
 
 
 def _utcnow() -> datetime.datetime:
@@ -66,16 +78,20 @@ class Reconciler:
         metrics: OperatorMetrics,
         ledger: Ledger | None = None,
         clock: Callable[[], datetime.datetime] = _utcnow,
+        backoff: Callable[[int], float] = retry_delay,
     ) -> None:
         self.settings = settings
         self.api = api
         self.metrics = metrics
         self.ledger = ledger or Ledger()
         self.clock = clock
+        self.backoff = backoff
         self._background: set[asyncio.Task[None]] = set()
         # Latest unhandled state of each child, per owner; and owners being drained.
         self._inbox: dict[OwnerKey, dict[ChildKey, ChildState]] = {}
         self._draining: set[OwnerKey] = set()
+        # Owners with a retry task (see the module docstring).
+        self._retrying: set[OwnerKey] = set()
 
     # -- entry points --
 
@@ -116,6 +132,7 @@ class Reconciler:
         event_type: str | None,
         body: Mapping[str, Any],
         owners: Iterable[Owner],
+        find_owner: Callable[[OwnerKey], Owner | None],
         known_children: Callable[[OwnerKey], Iterable[ChildRef]],
     ) -> None:
         meta = body.get("metadata") or {}
@@ -137,6 +154,8 @@ class Reconciler:
                     secret=name,
                 )
                 await self._reconcile(owner, known_children(owner.key), "secret")
+                if record.failed:
+                    self._retry(owner.key, find_owner, known_children)
 
     def on_owner_event(self, *, event_type: str | None, key: OwnerKey, managed: int) -> None:
         if event_type == "DELETED":
@@ -200,9 +219,16 @@ class Reconciler:
             if repairs:
                 # Garbage collection deletes children after their owner: never
                 # bring one back for an owner that is going away.
-                if any(state.deleted for state in states) and not await self._owner_alive(owner):
-                    return
+                if any(state.deleted for state in states):
+                    alive = await self._owner_alive(owner)
+                    if alive is None:  # the API did not answer: ask again later
+                        record.failed = True
+                        self._retry(key, find_owner, known_children)
+                    if not alive:
+                        return
                 await self._repair(owner, known_children(key), repairs)
+                if record.failed:
+                    self._retry(key, find_owner, known_children)
             elif rollout is not None:
                 await self._refresh(owner, record, rollout)
 
@@ -236,6 +262,7 @@ class Reconciler:
         if problem is not None:
             await self._report_problem(owner, record, previous, problem)
         record.reconciled = True
+        record.failed = problem is not None and not problem.permanent
 
         elapsed = time.monotonic() - started
         if problem is None:
@@ -466,15 +493,62 @@ class Reconciler:
         if message is not None:
             self._event(owner, "Warning", status.ROLLOUT_FAILED, message)
 
-    async def _owner_alive(self, owner: Owner) -> bool:
+    async def _owner_alive(self, owner: Owner) -> bool | None:
+        """Whether the owner still exists and is not being deleted; None if unknown."""
         try:
             body = await self.api.read_owner(namespace=owner.namespace, name=owner.name)
         except ApiError:
-            return False
+            return None
         if body is None:
             return False
         meta = body.get("metadata") or {}
         return bool(meta.get("uid") == owner.uid and not meta.get("deletionTimestamp"))
+
+    # -- retries of reconciles that no kopf handler retries --
+
+    def _retry(
+        self,
+        key: OwnerKey,
+        find_owner: Callable[[OwnerKey], Owner | None],
+        known_children: Callable[[OwnerKey], Iterable[ChildRef]],
+    ) -> None:
+        if key not in self._retrying:
+            self._retrying.add(key)
+            self._spawn(self._retry_loop(key, find_owner, known_children))
+
+    async def _retry_loop(
+        self,
+        key: OwnerKey,
+        find_owner: Callable[[OwnerKey], Owner | None],
+        known_children: Callable[[OwnerKey], Iterable[ChildRef]],
+    ) -> None:
+        attempt = 0
+        try:
+            while True:
+                await asyncio.sleep(self.backoff(attempt))
+                attempt += 1
+                # The latest snapshot: the spec may have changed since the failure.
+                owner = find_owner(key)
+                if owner is None or owner.deleting:
+                    return
+                async with self.ledger.lock(key):
+                    record = self.ledger.known_owner(key, uid=owner.uid)
+                    if record is None or not record.failed:
+                        return  # forgotten, or another reconcile succeeded meanwhile
+                    # A child may have gone with its owner (garbage collection)
+                    # while kopf's index still holds the owner.
+                    alive = await self._owner_alive(owner)
+                    if alive is False:
+                        return
+                    if alive is None:
+                        continue
+                    await self._reconcile(owner, known_children(key), "retry")
+                    if not record.failed:
+                        return
+        except Exception:  # a retry lost is logged; the next event or restart reconciles
+            log.exception("reconcile retries stopped", namespace=key[0], name=key[1])
+        finally:
+            self._retrying.discard(key)
 
     # -- background tasks: Events and per-owner drains --
 

@@ -1,11 +1,199 @@
-"""The reconciler's reactions when the API fails."""
+"""The reconciler's reactions when the API fails, against an in-memory stand-in.
+
+The integration tests run the operator against a real API server, which cannot
+be made to fail on cue; here `FakeApi` answers the few calls the reconciler
+makes and fails them while ``down`` is set. What is checked: a child deleted
+(or a Secret rotated) while the API is down is put back once it answers again,
+without any new event; and which reason a failed request is reported with.
+"""
 
 from __future__ import annotations
+
+import asyncio
+import copy
+import datetime
+from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
 from mailtrap_operator.kubeapi import ApiError
-from mailtrap_operator.reconciler import api_problem
+from mailtrap_operator.metrics import OperatorMetrics
+from mailtrap_operator.reconciler import Reconciler, api_problem
+from mailtrap_operator.resources import (
+    Kind,
+    Owner,
+    OwnerKey,
+    SecretData,
+    SecretVersion,
+)
+from mailtrap_operator.settings import Settings
+
+NAMESPACE, NAME = "mail", "hooks"
+KEY: OwnerKey = (NAMESPACE, NAME)
+OWNER = Owner(
+    namespace=NAMESPACE,
+    name=NAME,
+    uid="uid-owner",
+    generation=1,
+    spec={
+        "signingSecretRef": {"name": "signing"},
+        "replicas": 1,
+        "targets": [{"name": "a", "url": "http://a.example/"}],
+    },
+)
+
+
+class FakeApi:
+    """The calls `Reconciler` makes, on dicts; every call fails while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self.secrets = {"signing": {"signing-secret": b"fake-1"}}
+        self.secret_versions = {"signing": 1}
+        self.status: dict[str, Any] = {}
+        self.events: list[str] = []
+        self.applies = 0
+        self._version = 100
+
+    def _check(self) -> None:
+        if self.down:
+            raise ApiError(0, "Unreachable", "ConnectionRefusedError")
+
+    async def apply(self, *, manifest: Mapping[str, Any], kind: Kind) -> dict[str, Any]:
+        self._check()
+        self.applies += 1
+        self._version += 1
+        body = copy.deepcopy(dict(manifest))
+        body["metadata"]["resourceVersion"] = str(self._version)
+        if kind.kind == "Deployment":
+            body["metadata"]["generation"] = 1
+        self.objects[(kind.kind, manifest["metadata"]["name"])] = body
+        return body
+
+    async def delete(self, *, kind: Kind, namespace: str, name: str) -> bool:
+        self._check()
+        return self.objects.pop((kind.kind, name), None) is not None
+
+    async def read_secret(self, *, namespace: str, name: str) -> SecretData | None:
+        self._check()
+        if name not in self.secrets:
+            return None
+        version = SecretVersion(uid=f"uid-{name}", resource_version=str(self.secret_versions[name]))
+        return SecretData(data=dict(self.secrets[name]), version=version)
+
+    async def read_owner(self, *, namespace: str, name: str) -> dict[str, Any] | None:
+        self._check()
+        return {"metadata": {"name": name, "namespace": namespace, "uid": OWNER.uid}}
+
+    async def served(self, *, kind: Kind) -> bool:
+        self._check()
+        return False
+
+    async def patch_status(
+        self, *, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        self._check()
+        self.status.update(status)
+        return {}
+
+    async def post_event(self, *, reason: str, **_: Any) -> None:
+        self._check()
+        self.events.append(reason)
+
+
+def _clock() -> datetime.datetime:
+    return datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
+
+
+@pytest.fixture
+async def setup() -> Any:
+    api = FakeApi()
+    reconciler = Reconciler(
+        settings=Settings(),
+        api=api,  # type: ignore[arg-type]
+        metrics=OperatorMetrics(),
+        clock=_clock,
+        backoff=lambda attempt: 0.02,
+    )
+    assert await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create") is None
+    yield api, reconciler
+    await reconciler.close()
+
+
+def _find_owner(key: OwnerKey) -> Owner | None:
+    return OWNER if key == KEY else None
+
+
+def _known(key: OwnerKey) -> tuple[tuple[str, str], ...]:
+    return ()
+
+
+async def _until(check: Any, what: str) -> None:
+    for _ in range(300):
+        if check():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_child_deleted_while_the_api_is_down_comes_back_once_it_answers(
+    setup: Any,
+) -> None:
+    api, reconciler = setup
+    deployment = api.objects[("Deployment", "hooks-receiver")]
+    applies = api.applies
+    api.down = True
+    reconciler.observe_child(
+        kind="Deployment",
+        event_type="DELETED",
+        body=deployment,
+        find_owner=_find_owner,
+        known_children=_known,
+    )
+    await asyncio.sleep(0.2)  # several retries, all failing
+    assert api.applies == applies
+    api.down = False
+    await _until(lambda: api.applies > applies, "the Deployment to be applied again")
+    await _until(lambda: not reconciler._retrying, "the retries to stop")
+
+
+async def test_a_secret_rotated_while_the_api_is_down_is_rolled_out_once_it_answers(
+    setup: Any,
+) -> None:
+    api, reconciler = setup
+    before = api.status["configHash"]
+    api.secrets["signing"] = {"signing-secret": b"fake-2"}
+    api.secret_versions["signing"] = 2
+    api.down = True
+    body = {"metadata": {"name": "signing", "namespace": NAMESPACE}, "data": {}}
+    body["data"]["signing-secret"] = "ZmFrZS0y"  # base64 of the new value
+    await reconciler.on_secret_event(
+        event_type="MODIFIED",
+        body=body,
+        owners=[OWNER],
+        find_owner=_find_owner,
+        known_children=_known,
+    )
+    api.down = False
+    await _until(lambda: api.status["configHash"] != before, "the new hash")
+
+
+async def test_no_retry_for_what_only_a_spec_change_can_fix(setup: Any) -> None:
+    api, reconciler = setup
+    deployment = api.objects[("Deployment", "hooks-receiver")]
+    invalid = Owner(**{**OWNER.__dict__, "spec": {**OWNER.spec, "shutdownGracePeriod": "x"}})
+    reconciler.observe_child(
+        kind="Deployment",
+        event_type="DELETED",
+        body=deployment,
+        find_owner=lambda key: invalid,
+        known_children=_known,
+    )
+    await _until(lambda: "InvalidSpec" in api.events, "the InvalidSpec event")
+    await asyncio.sleep(0.1)
+    assert not reconciler._retrying
 
 
 @pytest.mark.parametrize(
