@@ -63,7 +63,10 @@ class DedupCache:
         expiries = self._expiry
         expiries[key] = now + self._window
         expiries.move_to_end(key)
-        # Oldest first, so expired keys sit at the front; stop at the first live one.
+        # Least recently used first. Keys mostly expire in that order, but a key asked
+        # about again moves to the end keeping its expiry, so an expired key can sit
+        # behind live ones: it is dropped when `__contains__` finds it expired or when
+        # it reaches the front. Stop at the first live key, unless over the bound.
         while expiries:
             oldest, expiry = next(iter(expiries.items()))
             if expiry > now and len(expiries) <= self._max_entries:

@@ -7,7 +7,7 @@ mode ``durable`` (the default) a `SpoolSink` and its `SpoolDeadLetterStore`.
 `SpoolSink.submit` drops events no target wants and keys a small in-memory LRU
 already knows, and queues the rest to the spool's writer; it returns once they are
 committed (fsynced), so a 200 means "on disk". It answers 429 (`SinkOverloaded`)
-while more than ``delivery.maxPendingEvents`` events wait, and 503 when the spool
+while ``delivery.maxPendingEvents`` events or more wait, and 503 when the spool
 cannot write.
 
 One `TargetWorker` per target delivers. After each commit the writer hands it the

@@ -1,10 +1,10 @@
 """``mailtrap-receiver dlq list|replay|purge``: the dead letters of a spool file.
 
 `cli` parses the command line and calls `run`. Each command opens the spool file
-itself (`spool.open_existing`: it must exist and have this version's schema) with
+itself (`spoolfile.open_existing`: it must exist and have this version's schema) with
 its own short transactions, so it is safe while a receiver serves from the same
 file: SQLite's WAL lets it read beside the server, and its writes wait (up to
-`spool.BUSY_TIMEOUT`) for the server's, which take milliseconds.
+`spoolfile.BUSY_TIMEOUT`) for the server's, which take milliseconds.
 
 - ``list`` prints a table (or ``--json``: an array with every field and the event);
 - ``replay`` moves letters back to pending for their target, attempts reset, due

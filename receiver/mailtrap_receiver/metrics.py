@@ -31,7 +31,8 @@ from .events import CANONICAL_EVENTS, INVALID_REASONS
 PREFIX: Final = "mailtrap_webhook_"
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 
-# Reasons of auth_failures_total; app.py uses exactly these.
+# Reasons of auth_failures_total, all of them: app.py refuses with the source and
+# signature ones, auth.BasicAuth.failure names the basic-auth ones.
 AUTH_FAILURE_REASONS: Final = (
     "source_not_allowed",
     "basic_auth_missing",

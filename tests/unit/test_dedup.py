@@ -48,6 +48,22 @@ def test_expired_keys_are_dropped_as_new_ones_arrive() -> None:
     assert len(cache) == 1
 
 
+def test_an_expired_key_behind_a_live_one_is_never_seen() -> None:
+    # A key asked about moves to the end with its old expiry, so an expired key can
+    # sit behind live ones that adding does not prune past; a lookup drops it.
+    clock = Clock()
+    cache = DedupCache(window=10, clock=clock)
+    cache.add("early")
+    clock.now += 5
+    cache.add("later")
+    assert "early" in cache  # now last in line, expiring first
+    clock.now += 6
+    cache.add("new")
+    assert len(cache) == 3  # "later" is live at the front: the pruning stopped there
+    assert "early" not in cache
+    assert len(cache) == 2
+
+
 def test_the_least_recently_used_key_is_evicted_at_the_bound() -> None:
     cache = DedupCache(window=3600, max_entries=3, clock=Clock())
     for key in ("a", "b", "c"):
