@@ -36,8 +36,26 @@ def test_short_name_and_category(cluster: LocalCluster, crd: None, namespace: st
     assert cluster.kubectl("-n", namespace, "get", "mailtrap").returncode == 0
 
 
-def test_a_valid_resource_is_accepted(cluster: LocalCluster, crd: None, namespace: str) -> None:
-    text = HEAD.replace("NAME", "ok") + ONE_TARGET
+@pytest.mark.parametrize(
+    "spec",
+    [
+        pytest.param("", id="minimal"),
+        # No budget is made for one replica, so its default minAvailable of 1 is fine.
+        pytest.param("  replicas: 1\n", id="one-replica"),
+        pytest.param(
+            "  replicas: 3\n  podDisruptionBudget: {minAvailable: 2}\n", id="budget-below"
+        ),
+        pytest.param(
+            "  replicas: 2\n  podDisruptionBudget: {enabled: false, minAvailable: 5}\n",
+            id="budget-off",
+        ),
+        pytest.param("  ingress: {enabled: true, host: '*.hooks.example.com'}\n", id="wildcard"),
+    ],
+)
+def test_a_valid_resource_is_accepted(
+    cluster: LocalCluster, crd: None, namespace: str, spec: str
+) -> None:
+    text = HEAD.replace("NAME", "ok") + spec + ONE_TARGET
     out = cluster.kubectl("-n", namespace, "apply", "--dry-run=server", "-f", "-", input_text=text)
     assert "created (server dry run)" in out.stdout
 
@@ -92,6 +110,26 @@ def test_a_valid_resource_is_accepted(cluster: LocalCluster, crd: None, namespac
             "  allowedSourceRanges: [10.0.0.1]\n" + ONE_TARGET,
             "every entry must be a CIDR",
             id="not-a-cidr",
+        ),
+        pytest.param(
+            "  replicas: 2\n  podDisruptionBudget: {minAvailable: 2}\n" + ONE_TARGET,
+            "spec.podDisruptionBudget.minAvailable must be less than spec.replicas",
+            id="budget-blocks-every-eviction",
+        ),
+        pytest.param(
+            "  ingress: {enabled: true, host: Hooks.Example.com}\n" + ONE_TARGET,
+            "spec.ingress.host must be a lower-case DNS name",
+            id="host-not-lower-case",
+        ),
+        pytest.param(
+            "  ingress: {enabled: true, host: 'hooks.example.com/x'}\n" + ONE_TARGET,
+            "spec.ingress.host must be a lower-case DNS name",
+            id="host-with-a-path",
+        ),
+        pytest.param(
+            "  ingress: {enabled: true, host: 192.0.2.10}\n" + ONE_TARGET,
+            "spec.ingress.host must be a lower-case DNS name",
+            id="host-an-ip-address",
         ),
     ],
 )
