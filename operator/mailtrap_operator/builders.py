@@ -76,6 +76,7 @@ DEFAULT_RESOURCES: Final[Mapping[str, Any]] = {
     "limits": {"memory": "256Mi"},
 }
 DEFAULT_SCRAPE_INTERVAL: Final = "30s"
+DEFAULT_MIN_AVAILABLE: Final = 1
 
 _SECRET_MODE: Final = 0o440  # readable by the pod's group (fsGroup), nobody else
 
@@ -242,13 +243,13 @@ def config_hash(*, config_text: str, secret_versions: Mapping[str, SecretVersion
 
 # --- validation beyond the schema -------------------------------------------------
 
-_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+NAME_PATTERN: Final = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME_LENGTH: Final = 63 - len(child_name(""))
 
 
 def check_name(name: str) -> None:
     """Children names must be DNS labels (Service names are), so ours must be short enough."""
-    if len(name) > MAX_NAME_LENGTH or not _DNS_LABEL.match(name):
+    if len(name) > MAX_NAME_LENGTH or not NAME_PATTERN.match(name):
         raise SpecError(
             f"metadata.name must be a DNS label of at most {MAX_NAME_LENGTH} characters "
             "starting with a letter, so that the receiver's Service name is valid"
@@ -513,7 +514,10 @@ def build_ingress(owner: Owner) -> dict[str, Any] | None:
 
 
 def build_pod_disruption_budget(owner: Owner) -> dict[str, Any] | None:
-    """Only with more than one replica: with one, any budget would block node drains."""
+    """Only with more than one replica: with one, any budget would block node drains.
+
+    minAvailable is not clamped here: the CRD refuses one at or above replicas.
+    """
     pdb = owner.spec.get("podDisruptionBudget") or {}
     replicas = int(owner.spec.get("replicas", DEFAULT_REPLICAS))
     if not pdb.get("enabled", True) or replicas <= 1:
@@ -523,7 +527,7 @@ def build_pod_disruption_budget(owner: Owner) -> dict[str, Any] | None:
         "kind": POD_DISRUPTION_BUDGET.kind,
         "metadata": _metadata(owner, component="receiver"),
         "spec": {
-            "minAvailable": int(pdb.get("minAvailable", 1)),
+            "minAvailable": int(pdb.get("minAvailable", DEFAULT_MIN_AVAILABLE)),
             "selector": {"matchLabels": selector_labels(owner)},
             # A crash-looping receiver must not hold up node maintenance.
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
