@@ -8,7 +8,13 @@ path, port, flag and key:
 - the command is resolved in the venv's bin directory (the image's PATH);
 - env comes from the spec, downward-API fields resolved from the pod metadata;
 - each mounted ConfigMap and Secret is fetched from the cluster and written to a
-  temp dir (only the projected ``items`` when listed), each emptyDir is a temp dir;
+  temp dir (only the projected ``items`` when listed, with their ``mode`` or the
+  volume's ``defaultMode``), each emptyDir is a temp dir;
+- the working directory and HOME are an empty directory with mode 0555, read-only
+  mounts' directories get 0555 too, and TMPDIR is the emptyDir mounted at /tmp (the
+  read-only directory without one), as with ``readOnlyRootFilesystem``. Modes do not
+  stop root, which the tests may run as: `PodProcess.stray_writes` lists what the
+  process wrote there anyway, and `running_pod_template` fails on any;
 - mount paths are rewritten to those dirs in args, env values and the text of the
   materialised ConfigMap files (the receiver config names secret files and the
   spool by their in-Pod paths);
@@ -53,6 +59,8 @@ class PodProcess:
     mounts: dict[str, Path]  # in-Pod mount path -> local directory
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
+    # Directories the container may not write to, and what they held at the start.
+    read_only: dict[Path, dict[Path, float]] = field(default_factory=dict)
 
     def url(self, port: str, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.ports[port]}{path}"
@@ -62,6 +70,18 @@ class PodProcess:
 
     def stop(self, *, timeout: float = 30.0) -> int:
         return stop_process(self.process, timeout=timeout)
+
+    def stray_writes(self) -> list[Path]:
+        """Files created or changed in the read-only directories since the start."""
+        changed: list[Path] = []
+        for directory, before in self.read_only.items():
+            now = _snapshot(directory)
+            changed += [path for path, mtime in now.items() if before.get(path) != mtime]
+        return sorted(changed)
+
+
+def _snapshot(directory: Path) -> dict[Path, float]:
+    return {path: path.stat().st_mtime for path in directory.rglob("*")}
 
 
 def _rewriter(mounts: Mapping[str, Path]) -> Any:
@@ -87,17 +107,28 @@ def _field(pod_meta: Mapping[str, Any], path: str) -> str:
     raise AssertionError(f"the pod runner cannot resolve fieldRef {path}")
 
 
+# The API server's default for ConfigMap and Secret volumes' defaultMode.
+DEFAULT_MODE = 0o644
+
+
 def _write_items(
-    directory: Path, data: Mapping[str, bytes], items: list[dict[str, Any]] | None
-) -> None:
+    directory: Path,
+    data: Mapping[str, bytes],
+    items: list[dict[str, Any]] | None,
+    default_mode: int,
+) -> dict[Path, int]:
+    """Write the projected keys; the mode each file gets once the config is rewritten."""
     directory.mkdir(parents=True, exist_ok=True)
     wanted = items or [{"key": key, "path": key} for key in data]
+    modes: dict[Path, int] = {}
     for item in wanted:
         if item["key"] not in data:
             raise AssertionError(f"key {item['key']} missing from the mounted object")
         target = directory / item["path"]
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data[item["key"]])
+        modes[target] = int(item.get("mode", default_mode))
+    return modes
 
 
 def _materialise(
@@ -105,25 +136,26 @@ def _materialise(
     namespace: str,
     volume: Mapping[str, Any],
     directory: Path,
-) -> str | None:
-    """Write one volume's files into ``directory``; the kind of volume, or None if empty."""
+) -> tuple[str | None, dict[Path, int]]:
+    """Write one volume's files into ``directory``: the kind of volume (None for an
+    emptyDir) and the mode of each file written."""
     if "configMap" in volume:
         source = volume["configMap"]
         obj = get(cluster, "configmap", source["name"], namespace=namespace)
         assert obj is not None, f"ConfigMap {source['name']} is missing"
         data = {key: value.encode() for key, value in (obj.get("data") or {}).items()}
-        _write_items(directory, data, source.get("items"))
-        return "configMap"
+        mode = int(source.get("defaultMode", DEFAULT_MODE))
+        return "configMap", _write_items(directory, data, source.get("items"), mode)
     if "secret" in volume:
         source = volume["secret"]
         obj = get(cluster, "secret", source["secretName"], namespace=namespace)
         assert obj is not None, f"Secret {source['secretName']} is missing"
         data = {key: base64.b64decode(value) for key, value in (obj.get("data") or {}).items()}
-        _write_items(directory, data, source.get("items"))
-        return "secret"
+        mode = int(source.get("defaultMode", DEFAULT_MODE))
+        return "secret", _write_items(directory, data, source.get("items"), mode)
     if "emptyDir" in volume:
         directory.mkdir(parents=True, exist_ok=True)
-        return None
+        return None, {}
     raise AssertionError(f"the pod runner does not support volume {volume}")
 
 
@@ -163,22 +195,38 @@ def start_pod_template(
     volumes = {volume["name"]: volume for volume in pod_spec.get("volumes") or ()}
     mounts: dict[str, Path] = {}
     config_dirs: list[Path] = []
+    modes: dict[Path, int] = {}
+    read_only_mounts: list[Path] = []
     for mount in spec.get("volumeMounts") or ():
         local = workdir / "mounts" / mount["name"]
-        kind = _materialise(cluster, namespace, volumes[mount["name"]], local)
+        kind, written = _materialise(cluster, namespace, volumes[mount["name"]], local)
+        modes.update(written)
         mounts[mount["mountPath"]] = local
         if kind == "configMap":
             config_dirs.append(local)
+        if mount.get("readOnly"):
+            read_only_mounts.append(local)
     rewrite = _rewriter(mounts)
     # The config names its secret files and spool by in-Pod paths: point them here.
     for directory in config_dirs:
         for path in directory.rglob("*"):
             if path.is_file():
                 path.write_text(rewrite(path.read_text()))
+    for path, mode in modes.items():
+        path.chmod(mode)
+    # The image's root filesystem, as far as the process can tell: its working
+    # directory and HOME, empty and read-only.
+    root = workdir / "root"
+    root.mkdir(parents=True, exist_ok=True)
+    for directory in [root, *read_only_mounts]:
+        for sub in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
+            sub.chmod(0o555)
 
     env = {
         "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
-        "HOME": str(workdir),
+        "HOME": str(root),
+        # /tmp in the Pod is its emptyDir; without one, the read-only root.
+        "TMPDIR": str(mounts.get("/tmp", root)),
         "LANG": "C.UTF-8",
     }
     for item in spec.get("env") or ():
@@ -196,8 +244,6 @@ def start_pod_template(
         command += [flag, str(ports[name])]
     command += ["--host", "127.0.0.1"]
 
-    cwd = workdir / "cwd"
-    cwd.mkdir(parents=True, exist_ok=True)
     log_path = workdir / f"{spec['name']}.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
@@ -206,10 +252,11 @@ def start_pod_template(
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
-            cwd=cwd,
+            cwd=root,
             preexec_fn=die_with_parent,
         )
-    pod = PodProcess(process, command, ports, mounts, log_path, env)
+    read_only = {directory: _snapshot(directory) for directory in [root, *read_only_mounts]}
+    pod = PodProcess(process, command, ports, mounts, log_path, env, read_only)
 
     probe = (spec.get("readinessProbe") or {}).get("httpGet")
     assert probe, "the container has no HTTP readinessProbe to wait for"
@@ -239,3 +286,6 @@ def running_pod_template(**kwargs: Any) -> Iterator[PodProcess]:
         yield pod
     finally:
         pod.stop()
+    # Only when the test itself passed: its own failure says more.
+    stray = pod.stray_writes()
+    assert not stray, f"the container wrote outside its writable mounts: {stray}"

@@ -8,6 +8,7 @@ and off; a ServiceMonitor once its CRD exists. Each test has its own namespace.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -382,16 +383,29 @@ def test_optional_children_follow_the_spec(
     assert "externalURL" not in obj["status"]
 
 
-@pytest.fixture
-def service_monitor_crd(cluster: LocalCluster) -> Iterator[None]:
-    with chart.service_monitor_crd(cluster):
+@contextlib.contextmanager
+def without_service_monitor_crd(cluster: LocalCluster) -> Iterator[None]:
+    """No ServiceMonitor CRD for a ``with`` block, put back after it if it was there
+    (another test, or a Prometheus Operator on a reused cluster, may have left it)."""
+    found = get(cluster, "crd", chart.SERVICE_MONITOR)
+    if found is not None:
+        cluster.kubectl("delete", "crd", chart.SERVICE_MONITOR, "--timeout=60s")
+    try:
         yield
+    finally:
+        if found is not None:
+            meta = found["metadata"]
+            found["metadata"] = {
+                key: meta[key] for key in ("name", "labels", "annotations") if key in meta
+            }
+            found.pop("status", None)
+            cluster.kubectl("apply", "-f", "-", input_text=json.dumps(found))
 
 
 def test_service_monitor_is_skipped_without_its_crd_and_made_with_it(
-    cluster: LocalCluster, operator: OperatorProcess, namespace: str, request: pytest.FixtureRequest
+    cluster: LocalCluster, operator: OperatorProcess, namespace: str
 ) -> None:
-    if get(cluster, "crd", chart.SERVICE_MONITOR) is None:
+    with without_service_monitor_crd(cluster):
         create(cluster, namespace, serviceMonitor={"enabled": True})
         wait_ready(cluster, namespace, NAME)
         wait_until(
@@ -400,21 +414,28 @@ def test_service_monitor_is_skipped_without_its_crd_and_made_with_it(
             ),
             what="a ServiceMonitorSkipped event",
         )
-    request.getfixturevalue("service_monitor_crd")
-    create(cluster, namespace, serviceMonitor={"enabled": True, "labels": {"release": "prom"}})
-    patch(cluster, namespace, {"serviceMonitor": {"enabled": True, "interval": "15s"}})
+        assert get(cluster, "crd", chart.SERVICE_MONITOR) is None
 
-    def monitor_with_interval() -> Any:
-        found = get(cluster, "servicemonitor", CHILD, namespace=namespace)
-        return found if found and found["spec"]["endpoints"][0]["interval"] == "15s" else None
+        with chart.service_monitor_crd(cluster):
+            spec = {"enabled": True, "labels": {"release": "prom"}}
+            create(cluster, namespace, serviceMonitor=spec)
+            patch(cluster, namespace, {"serviceMonitor": {"enabled": True, "interval": "15s"}})
 
-    monitor = wait_until(monitor_with_interval, what="the ServiceMonitor, scraped every 15s")
-    assert monitor["metadata"]["ownerReferences"][0]["name"] == NAME
-    assert monitor["spec"]["endpoints"] == [
-        {"port": "metrics", "path": "/metrics", "interval": "15s"}
-    ]
-    patch(cluster, namespace, {"serviceMonitor": {"enabled": False}})
-    wait_until(
-        lambda: get(cluster, "servicemonitor", CHILD, namespace=namespace) is None,
-        what="the ServiceMonitor to be removed",
-    )
+            def monitor_with_interval() -> Any:
+                found = get(cluster, "servicemonitor", CHILD, namespace=namespace)
+                return (
+                    found if found and found["spec"]["endpoints"][0]["interval"] == "15s" else None
+                )
+
+            monitor = wait_until(
+                monitor_with_interval, what="the ServiceMonitor, scraped every 15s"
+            )
+            assert monitor["metadata"]["ownerReferences"][0]["name"] == NAME
+            assert monitor["spec"]["endpoints"] == [
+                {"port": "metrics", "path": "/metrics", "interval": "15s"}
+            ]
+            patch(cluster, namespace, {"serviceMonitor": {"enabled": False}})
+            wait_until(
+                lambda: get(cluster, "servicemonitor", CHILD, namespace=namespace) is None,
+                what="the ServiceMonitor to be removed",
+            )
