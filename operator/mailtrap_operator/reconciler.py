@@ -257,6 +257,7 @@ class Reconciler:
                 # The namespace controller deletes children before their owner;
                 # putting them back is neither possible nor wanted.
                 log.info("namespace terminating", namespace=owner.namespace, name=owner.name)
+                record.failed = False  # nothing left to retry
                 return None
             problem = api_problem(error)
         if problem is not None:
