@@ -372,7 +372,20 @@ async def test_a_write_the_writer_process_cannot_handle_is_answered(
         assert await sink.spool.read("oldest_pending", targets=["app"]) != {}
 
 
-def test_the_forwarded_body_is_the_event_json(tmp_path: Path) -> None:
-    # What the spool keeps is what a target gets: the original object.
-    item = event(extra={"nested": [1, 2]})
-    assert orjson.loads(orjson.dumps(item.data)) == item.data
+async def test_a_target_gets_the_event_as_received_through_the_spool(
+    make_sink: SinkFactory, target: RecordingTarget, other_target: RecordingTarget
+) -> None:
+    # Kept as JSON bytes in the spool and sent on without parsing them again: the
+    # same object, nested values, non-ASCII text and floats included.
+    sink = await make_sink(
+        {"name": "plain", "url": target.url},
+        {"name": "ce", "url": other_target.url, "format": "cloudevents"},
+    )
+    extra = {"nested": [1, {"deep": None}], "text": "Zoë \u2603", "ratio": 0.1}
+    item = event(extra=extra)
+    assert (await sink.submit([item])).accepted == 1
+    await eventually(lambda: bool(target.received) and bool(other_target.received))
+    [plain], [cloud] = target.received, other_target.received
+    assert plain.body == orjson.dumps(item.data)
+    assert plain.json()["extra"] == extra
+    assert cloud.json()["data"] == item.data
