@@ -27,8 +27,10 @@ from typing import Any, Final
 import yaml
 
 from mailtrap_receiver.config import OPERATOR_ONLY_KEYS, parse_duration
+from mailtrap_receiver.sinks import CLOUDEVENTS_SOURCE_ENV
 
 from .resources import (
+    API_VERSION,
     APP_NAME,
     CONFIG_MAP,
     DEPLOYMENT,
@@ -41,6 +43,7 @@ from .resources import (
     NETWORK_POLICY,
     OPERATOR_NAME,
     PART_OF,
+    PLURAL,
     POD_DISRUPTION_BUDGET,
     SERVICE,
     SERVICE_MONITOR,
@@ -345,6 +348,12 @@ def _volumes(spec: Mapping[str, Any], owner: Owner) -> tuple[list[Any], list[Any
     return volumes, mounts
 
 
+def cloudevents_source(owner: Owner) -> str:
+    """The ``source`` of the CloudEvents the receiver forwards: the resource's API path,
+    so a target that hears from several MailtrapWebhooks can tell them apart."""
+    return f"/apis/{API_VERSION}/namespaces/{owner.namespace}/{PLURAL}/{owner.name}"
+
+
 def build_deployment(
     *, owner: Owner, image: str, config_hash: str, image_pull_policy: str | None = None
 ) -> dict[str, Any]:
@@ -374,6 +383,7 @@ def build_deployment(
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": CLOUDEVENTS_SOURCE_ENV, "value": cloudevents_source(owner)},
         ],
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "metrics"},

@@ -60,7 +60,12 @@ from .metrics import Metrics
 from .retry import parse_retry_after, verdict
 
 TARGET_SIGNATURE_HEADER: Final = "X-Mailtrap-Receiver-Signature"
-CLOUDEVENTS_SOURCE: Final = "mailtrap-receiver"
+# CloudEvents ``source``: the operator sets this variable on the receiver's Pods to
+# the API path of the MailtrapWebhook they serve; a receiver run by hand has none.
+CLOUDEVENTS_SOURCE_ENV: Final = "MAILTRAP_CLOUDEVENTS_SOURCE"
+DEFAULT_CLOUDEVENTS_SOURCE: Final = "mailtrap-receiver"
+# CloudEvents ``type`` of each canonical name: ``io.mailtrap.email.bounce``.
+CLOUDEVENTS_TYPE_PREFIX: Final = "io.mailtrap.email."
 # Headers the receiver sets itself; a target's configured headers cannot replace them.
 RESERVED_HEADERS: Final = frozenset(
     {"content-type", "idempotency-key", "x-mailtrap-event", TARGET_SIGNATURE_HEADER.lower()}
@@ -151,6 +156,11 @@ def default_namespace() -> str:
     return os.environ.get("POD_NAMESPACE") or "default"
 
 
+def cloudevents_source() -> str:
+    """The CloudEvents ``source`` of forwarded events (see `CLOUDEVENTS_SOURCE_ENV`)."""
+    return os.environ.get(CLOUDEVENTS_SOURCE_ENV) or DEFAULT_CLOUDEVENTS_SOURCE
+
+
 @dataclass(frozen=True, eq=False)
 class Route:
     """One target, resolved for sending."""
@@ -163,10 +173,11 @@ class Route:
     timeout: aiohttp.ClientTimeout
     headers: Mapping[str, str]
     secret: SecretFile | None
+    source: str  # CloudEvents ``source``
     limit: asyncio.Semaphore = field(repr=False)
 
     @classmethod
-    def from_config(cls, target: TargetConfig, *, index: int, namespace: str) -> Route:
+    def from_config(cls, target: TargetConfig, *, index: int, namespace: str, source: str) -> Route:
         secret = (
             SecretFile(target.signing_secret_file, key=f"targets[{index}].signingSecretFile")
             if target.signing_secret_file is not None
@@ -185,6 +196,7 @@ class Route:
                 if name.lower() not in RESERVED_HEADERS
             },
             secret=secret,
+            source=source,
             limit=asyncio.Semaphore(target.concurrency),
         )
 
@@ -192,9 +204,12 @@ class Route:
 class Routes:
     """Which targets receive each canonical event type, decided once at start."""
 
-    def __init__(self, config: ReceiverConfig, *, namespace: str) -> None:
+    def __init__(
+        self, config: ReceiverConfig, *, namespace: str, source: str | None = None
+    ) -> None:
+        source = source or cloudevents_source()
         self.targets = tuple(
-            Route.from_config(target, index=index, namespace=namespace)
+            Route.from_config(target, index=index, namespace=namespace, source=source)
             for index, target in enumerate(config.targets)
         )
         wanted = set(config.events or CANONICAL_EVENTS)
@@ -234,12 +249,12 @@ def batch_key(payloads: Sequence[Payload]) -> str:
     return "batch:" + digest
 
 
-def _cloudevent(payload: Payload) -> dict[str, Any]:
+def _cloudevent(payload: Payload, *, source: str) -> dict[str, Any]:
     envelope: dict[str, Any] = {
         "specversion": "1.0",
         "id": payload.key,
-        "source": CLOUDEVENTS_SOURCE,
-        "type": f"io.mailtrap.{payload.name}",
+        "source": source,
+        "type": CLOUDEVENTS_TYPE_PREFIX + payload.name,
         "datacontenttype": "application/json",
         # Embedded as stored: the original event, not parsed and serialised again.
         "data": orjson.Fragment(payload.body),
@@ -260,10 +275,10 @@ def encode(route: Route, payloads: Sequence[Payload]) -> tuple[bytes, dict[str, 
     single = len(payloads) == 1
     if route.format == "cloudevents":
         if single:
-            body = orjson.dumps(_cloudevent(payloads[0]))
+            body = orjson.dumps(_cloudevent(payloads[0], source=route.source))
             content_type = "application/cloudevents+json"
         else:
-            body = orjson.dumps([_cloudevent(payload) for payload in payloads])
+            body = orjson.dumps([_cloudevent(payload, source=route.source) for payload in payloads])
             content_type = "application/cloudevents-batch+json"
     else:
         if single:

@@ -103,6 +103,11 @@ def test_a_signed_event_reaches_a_loopback_target_through_the_operators_pod_temp
             "delivery": {"spoolPath": "/data/spool/events.db"},
             "targets": [
                 {"name": "loopback", "url": f"http://127.0.0.1:{target.port}/events"},
+                {
+                    "name": "cloudevents",
+                    "url": f"http://127.0.0.1:{target.port}/cloudevents",
+                    "format": "cloudevents",
+                },
                 # Resolved against POD_NAMESPACE; not reachable from here, so it
                 # only takes bounces and the delivery event below skips it.
                 {
@@ -151,13 +156,21 @@ def test_a_signed_event_reaches_a_loopback_target_through_the_operators_pod_temp
         )
         assert status == 200, (answer, pod.log())
 
-        def forwarded() -> bool:
-            return any(event_id.encode() in received[2] for received in target.received)
+        def forwarded() -> dict[str, bytes]:
+            return {path: body for path, _, body in target.received if event_id.encode() in body}
 
-        wait_until(forwarded, what="the event at the loopback target", timeout=60)
-        path, _, forwarded_body = next(r for r in target.received if event_id.encode() in r[2])
-        assert path == "/events"
-        assert json.loads(forwarded_body) == event  # the original object, unchanged
+        wait_until(
+            lambda: len(forwarded()) == 2, what="the event at both loopback targets", timeout=60
+        )
+        bodies = forwarded()
+        assert json.loads(bodies["/events"]) == event  # the original object, unchanged
+        envelope = json.loads(bodies["/cloudevents"])
+        assert envelope["type"] == "io.mailtrap.email.delivery"
+        # The source names the resource, from the env the operator put in the template.
+        assert envelope["source"] == (
+            f"/apis/mailtrap.io/v1alpha1/namespaces/{namespace}/mailtrapwebhooks/local"
+        )
+        assert envelope["data"] == event
 
         metrics = urllib.request.urlopen(pod.url("metrics", "/metrics"), timeout=5).read()  # noqa: S310
         assert b"mailtrap_webhook_" in metrics

@@ -405,6 +405,9 @@ def test_container_runs_the_receiver_on_named_ports_with_probes() -> None:
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     env = {item["name"]: item for item in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["MAILTRAP_CLOUDEVENTS_SOURCE"]["value"] == (
+        "/apis/mailtrap.io/v1alpha1/namespaces/mail/mailtrapwebhooks/transactional"
+    )
     assert container["image"] == "operator-image:1"
     assert "imagePullPolicy" not in container
 

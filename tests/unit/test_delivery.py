@@ -134,7 +134,7 @@ async def test_batches_and_formats_per_target(
         envelopes = body if isinstance(body, list) else [body]
         assert 1 <= len(envelopes) <= 2
         assert all(envelope["specversion"] == "1.0" for envelope in envelopes)
-        assert all(envelope["type"].startswith("io.mailtrap.") for envelope in envelopes)
+        assert all(envelope["type"].startswith("io.mailtrap.email.") for envelope in envelopes)
     # The original event objects, unchanged.
     by_id = {item.key: item.data for item in events}
     for request in target.received:

@@ -47,7 +47,9 @@ def payload(**fields: Any) -> Payload:
 
 def route(**target: Any) -> Route:
     config = config_with({"name": "t", "url": "http://127.0.0.1:1/in", **target})
-    return Route.from_config(config.targets[0], index=0, namespace="ns")
+    return Route.from_config(
+        config.targets[0], index=0, namespace="ns", source="/apis/mailtrap.io/v1alpha1/x"
+    )
 
 
 def test_service_targets_resolve_to_cluster_dns(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -68,6 +70,19 @@ def test_service_targets_resolve_to_cluster_dns(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("POD_NAMESPACE", "from-downward-api")
     routes = Routes(config, namespace="from-downward-api")
     assert routes.targets[0].url == "http://api.from-downward-api.svc:8080/events"
+
+
+def test_cloudevents_source_comes_from_the_operator_or_names_the_receiver(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config = config_with({"name": "a", "url": "http://a/", "format": "cloudevents"})
+    monkeypatch.delenv("MAILTRAP_CLOUDEVENTS_SOURCE", raising=False)
+    assert Routes(config, namespace="ns").targets[0].source == "mailtrap-receiver"
+    path = "/apis/mailtrap.io/v1alpha1/namespaces/mail/mailtrapwebhooks/transactional"
+    monkeypatch.setenv("MAILTRAP_CLOUDEVENTS_SOURCE", path)
+    routes = Routes(config, namespace="ns")
+    body, _ = encode(routes.targets[0], [payload()])
+    assert orjson.loads(body)["source"] == path
 
 
 def test_routes_apply_the_top_level_filter_then_each_targets() -> None:
@@ -105,7 +120,8 @@ def test_cloudevents_format() -> None:
     assert headers["Content-Type"] == "application/cloudevents+json"
     assert envelope["specversion"] == "1.0"
     assert envelope["id"] == item.key
-    assert envelope["type"] == "io.mailtrap.soft_bounce"
+    assert envelope["type"] == "io.mailtrap.email.soft_bounce"
+    assert envelope["source"] == "/apis/mailtrap.io/v1alpha1/x"
     assert envelope["time"] == "2024-05-28T16:54:53+00:00"
     assert envelope["subject"] == item.data["message_id"]
     assert envelope["data"] == item.data
