@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import socket
 import subprocess
+from typing import Final
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -22,12 +24,21 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+# The process that imports this module is the one that starts the children.
+_SPAWNER: Final = os.getpid()
+
+
 def die_with_parent() -> None:
     """For ``preexec_fn``: Linux sends the child SIGTERM when the test process dies
     (SIGKILL leaves no chance for teardown)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    # A parent that died between fork and prctl never sends the signal: such a child
+    # (an API server found orphaned after a killed run, retrying a gone etcd) must
+    # not start at all.
+    if os.getppid() != _SPAWNER:
+        os._exit(1)
 
 
 def stop_process(process: subprocess.Popen[bytes], *, timeout: float = 30.0) -> int:
