@@ -23,9 +23,13 @@ def secret_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture
-async def target() -> AsyncIterator[RecordingTarget]:
+async def _recording_target() -> AsyncIterator[RecordingTarget]:
     """A real recording HTTP target on loopback, closed after the test."""
     recording = await RecordingTarget().start()
     yield recording
     await recording.close()
+
+
+target = pytest.fixture(_recording_target, name="target")
+# A separate one, for tests with two targets (isolation, per-target filters).
+second_target = pytest.fixture(_recording_target, name="second_target")

@@ -22,6 +22,7 @@ from tests.helpers.webhooks import SECRET, json_body, signed_headers
 # Shared fixtures, registered here by name.
 secret_file = fixtures.secret_file
 target = fixtures.target
+second_target = fixtures.second_target
 
 
 class Receiver:

@@ -37,13 +37,6 @@ def event(**fields: Any) -> Event:
 
 
 @pytest.fixture
-async def other_target() -> AsyncIterator[RecordingTarget]:
-    recording = await RecordingTarget().start()
-    yield recording
-    await recording.close()
-
-
-@pytest.fixture
 def spool_path(tmp_path: Path) -> Path:
     return tmp_path / "spool" / "spool.db"
 
@@ -108,15 +101,15 @@ async def test_concurrent_requests_share_commits(
 
 
 async def test_batches_and_formats_per_target(
-    make_sink: SinkFactory, target: RecordingTarget, other_target: RecordingTarget
+    make_sink: SinkFactory, target: RecordingTarget, second_target: RecordingTarget
 ) -> None:
     sink = await make_sink(
         {"name": "plain", "url": target.url, "batchSize": 3},
-        {"name": "ce", "url": other_target.url, "batchSize": 2, "format": "cloudevents"},
+        {"name": "ce", "url": second_target.url, "batchSize": 2, "format": "cloudevents"},
     )
     events = [event(event="bounce" if n % 2 else "delivery") for n in range(7)]
     assert (await sink.submit(events)).accepted == 7
-    await eventually(lambda: len(target.event_ids()) == 7 and len(other_target.event_ids()) == 7)
+    await eventually(lambda: len(target.event_ids()) == 7 and len(second_target.event_ids()) == 7)
     assert sorted(target.event_ids()) == sorted(item.key for item in events)
     for request in target.received:
         body = request.json()
@@ -129,7 +122,7 @@ async def test_batches_and_formats_per_target(
             assert request.headers["Idempotency-Key"] == body["event_id"]
         names = set(request.headers["X-Mailtrap-Event"].split(","))
         assert names <= {"delivery", "bounce"}
-    for request in other_target.received:
+    for request in second_target.received:
         body = request.json()
         envelopes = body if isinstance(body, list) else [body]
         assert 1 <= len(envelopes) <= 2
@@ -221,16 +214,16 @@ async def test_pending_events_resume_and_dedup_survives_a_restart(
 
 
 async def test_events_of_a_removed_target_are_counted_as_dead_letters(
-    make_sink: SinkFactory, target: RecordingTarget, other_target: RecordingTarget
+    make_sink: SinkFactory, target: RecordingTarget, second_target: RecordingTarget
 ) -> None:
-    other_target.hold()  # the event stays pending for it
+    second_target.hold()  # the event stays pending for it
     first = await make_sink(
-        {"name": "app", "url": target.url}, {"name": "crm", "url": other_target.url}
+        {"name": "app", "url": target.url}, {"name": "crm", "url": second_target.url}
     )
     await first.submit([event()])
-    await eventually(lambda: bool(other_target.received))
+    await eventually(lambda: bool(second_target.received))
     await first.close()
-    other_target.release()
+    second_target.release()
 
     metrics = Metrics()
     await make_sink({"name": "app", "url": target.url}, metrics=metrics)
@@ -271,17 +264,17 @@ async def test_a_replay_from_another_process_is_picked_up(
 
 
 async def test_a_failing_target_does_not_hold_back_a_healthy_one(
-    make_sink: SinkFactory, target: RecordingTarget, other_target: RecordingTarget
+    make_sink: SinkFactory, target: RecordingTarget, second_target: RecordingTarget
 ) -> None:
     sink = await make_sink(
         {"name": "broken", "url": target.url},
-        {"name": "healthy", "url": other_target.url},
+        {"name": "healthy", "url": second_target.url},
     )
     target.status = 500
     events = [event() for _ in range(50)]
     for item in events:
         await sink.submit([item])
-    await eventually(lambda: len(other_target.event_ids()) == 50)
+    await eventually(lambda: len(second_target.event_ids()) == 50)
     assert sink.spool.depth["broken"] == 50
 
 
@@ -373,19 +366,19 @@ async def test_a_write_the_writer_process_cannot_handle_is_answered(
 
 
 async def test_a_target_gets_the_event_as_received_through_the_spool(
-    make_sink: SinkFactory, target: RecordingTarget, other_target: RecordingTarget
+    make_sink: SinkFactory, target: RecordingTarget, second_target: RecordingTarget
 ) -> None:
     # Kept as JSON bytes in the spool and sent on without parsing them again: the
     # same object, nested values, non-ASCII text and floats included.
     sink = await make_sink(
         {"name": "plain", "url": target.url},
-        {"name": "ce", "url": other_target.url, "format": "cloudevents"},
+        {"name": "ce", "url": second_target.url, "format": "cloudevents"},
     )
     extra = {"nested": [1, {"deep": None}], "text": "Zoë \u2603", "ratio": 0.1}
     item = event(extra=extra)
     assert (await sink.submit([item])).accepted == 1
-    await eventually(lambda: bool(target.received) and bool(other_target.received))
-    [plain], [cloud] = target.received, other_target.received
+    await eventually(lambda: bool(target.received) and bool(second_target.received))
+    [plain], [cloud] = target.received, second_target.received
     assert plain.body == orjson.dumps(item.data)
     assert plain.json()["extra"] == extra
     assert cloud.json()["data"] == item.data

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -177,13 +176,6 @@ def test_configured_headers_cannot_replace_the_receivers(tmp_path: Path) -> None
         "x-mailtrap-receiver-signature",
     }
     assert headers["X-Mailtrap-Receiver-Signature"] == sign(body, secret=b"current")
-
-
-@pytest.fixture
-async def second_target() -> AsyncIterator[RecordingTarget]:
-    recording = await RecordingTarget().start()
-    yield recording
-    await recording.close()
 
 
 async def started(config: ReceiverConfig) -> ForwardingSink:

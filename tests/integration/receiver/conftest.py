@@ -16,6 +16,7 @@ from tests.helpers.targets import RecordingTarget
 # Shared fixtures, registered here by name.
 secret_file = fixtures.secret_file
 target = fixtures.target
+second_target = fixtures.second_target
 
 
 @pytest.fixture

@@ -35,13 +35,6 @@ Start = Callable[..., Awaitable[ReceiverProcess]]
 
 
 @pytest.fixture
-async def second_target() -> AsyncIterator[RecordingTarget]:
-    recording = await RecordingTarget().start()
-    yield recording
-    await recording.close()
-
-
-@pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as client:
         yield client
