@@ -381,7 +381,6 @@ class Reconciler:
             now=self.clock(),
         )
         await self._write_status(owner, record, previous, new)
-        self._rollout_event(owner, previous, new)
 
         was_degraded = status.carried_problem(previous) is not None
         if (
@@ -449,6 +448,10 @@ class Reconciler:
         if patch is not None:
             await self.api.patch_status(namespace=owner.namespace, name=owner.name, status=patch)
         record.status = new
+        # Here, so that whichever write turns the rollout failed also says so once.
+        message = status.new_rollout_failure(previous=previous, new=new)
+        if message is not None:
+            self._event(owner, "Warning", status.ROLLOUT_FAILED, message)
 
     # -- reactions --
 
@@ -484,15 +487,6 @@ class Reconciler:
             log.warning(
                 "status not written", namespace=owner.namespace, name=owner.name, error=str(error)
             )
-            return
-        self._rollout_event(owner, previous, new)
-
-    def _rollout_event(
-        self, owner: Owner, previous: Mapping[str, Any], new: Mapping[str, Any]
-    ) -> None:
-        message = status.new_rollout_failure(previous=previous, new=new)
-        if message is not None:
-            self._event(owner, "Warning", status.ROLLOUT_FAILED, message)
 
     async def _owner_alive(self, owner: Owner) -> bool | None:
         """Whether the owner still exists and is not being deleted; None if unknown."""
