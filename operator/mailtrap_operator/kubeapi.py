@@ -98,7 +98,7 @@ class KubeApi:
     discovery_ttl: float = 60.0
     _executor: concurrent.futures.ThreadPoolExecutor = field(init=False)
     _served: dict[tuple[str, str], _Cached] = field(init=False, default_factory=dict)
-    _kopf_sessions: list[aiohttp.ClientSession] = field(init=False, default_factory=list)
+    _kopf_session: aiohttp.ClientSession | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -125,9 +125,9 @@ class KubeApi:
             self.api_client.close()
 
     async def close_sessions(self) -> None:
-        for session in self._kopf_sessions:
-            await session.close()
-        self._kopf_sessions.clear()
+        if self._kopf_session is not None:
+            await self._kopf_session.close()
+            self._kopf_session = None
 
     # -- kopf's own connection --
 
@@ -150,9 +150,9 @@ class KubeApi:
             trust_env=info.trust_env,
         )
         loop = asyncio.get_running_loop()
-        for old in self._kopf_sessions:
-            loop.call_later(_SESSION_GRACE_SECONDS, _close_later, old)
-        self._kopf_sessions[:] = [session]
+        if self._kopf_session is not None:
+            loop.call_later(_SESSION_GRACE_SECONDS, _close_later, self._kopf_session)
+        self._kopf_session = session
         return kopf.AiohttpSession(
             server=info.server,
             default_namespace=info.default_namespace,
