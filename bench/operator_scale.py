@@ -27,10 +27,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.helpers.cluster import LocalCluster, _kwok_node, local_cluster
-from tests.helpers.kube import get, secret_manifest
+from tests.helpers.kube import get, install_crd, secret_manifest
 from tests.helpers.operator import start_operator
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 class TimedOut(Exception):
@@ -133,9 +131,7 @@ def main() -> int:
         for index in range(1, pods // 400 + 2):
             node = json.dumps(_kwok_node(f"kwok-node-{index}"))
             cluster.kubectl("apply", "-f", "-", input_text=node)
-        crd = REPO / "crds" / "mailtrapwebhooks.mailtrap.io.yaml"
-        cluster.kubectl("apply", "-f", str(crd))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/mailtrapwebhooks.mailtrap.io")
+        install_crd(cluster)
         operator = start_operator(
             kubeconfig=cluster.admin_kubeconfig, log_path=Path(tmp) / "operator.log"
         )

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))  # for tests/helpers, which the demo shares with t
 import yaml  # noqa: E402
 
 from tests.helpers.cluster import ClusterError, LocalCluster, local_cluster  # noqa: E402
-from tests.helpers.kube import get, wait_until  # noqa: E402
+from tests.helpers.kube import get, install_crd, wait_until  # noqa: E402
 from tests.helpers.operator import start_operator, wait_ready  # noqa: E402
 from tests.helpers.podrunner import start_pod_template  # noqa: E402
 
@@ -128,11 +128,7 @@ def run(stack: contextlib.ExitStack, workdir: Path) -> None:
     cluster = stack.enter_context(local_cluster(workdir=workdir / "cluster"))
     say(f"  kube-apiserver {cluster.version} at {cluster.server}")
 
-    crd = REPO / "crds" / "mailtrapwebhooks.mailtrap.io.yaml"
-    cluster.kubectl("apply", "--server-side", "-f", str(crd))
-    cluster.kubectl(
-        "wait", "--for=condition=Established", "crd/mailtrapwebhooks.mailtrap.io", "--timeout=60s"
-    )
+    install_crd(cluster)
     say("Applied the MailtrapWebhook CRD from crds/")
 
     target = EchoTarget(echo_port())

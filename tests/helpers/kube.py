@@ -1,8 +1,9 @@
 """Small synchronous helpers for tests that drive the local cluster with kubectl.
 
-`get` reads objects as JSON, `apply` sends manifests, and `wait_until` polls a
-check until it holds (returning what it returned) or a generous deadline passes,
-failing with what was being waited for and the last value seen. Tests assert
+`get` reads objects as JSON, `apply` sends manifests, `install_crd` applies the
+MailtrapWebhook CRD, and `wait_until` polls a check until it holds (returning what
+it returned) or a generous deadline passes, failing with what was being waited for
+and the last value seen. Tests assert
 that things happen, never how fast.
 """
 
@@ -77,3 +78,19 @@ def secret_manifest(name: str, data: dict[str, str]) -> str:
 def example(name: str) -> str:
     """The text of a file in examples/."""
     return (REPO / "examples" / name).read_text()
+
+
+CRD_FILE = REPO / "crds" / "mailtrapwebhooks.mailtrap.io.yaml"
+
+
+def install_crd(cluster: LocalCluster) -> None:
+    """The MailtrapWebhook CRD from crds/, Established and its schema published."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl(
+        "wait", "--for=condition=Established", "crd/mailtrapwebhooks.mailtrap.io", "--timeout=60s"
+    )
+    # Established comes before the schema is published in the OpenAPI document.
+    wait_until(
+        lambda: cluster.kubectl("explain", "mailtrapwebhook.spec", check=False).returncode == 0,
+        what="the CRD's schema in kubectl explain",
+    )

@@ -14,27 +14,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers.cluster import REPO, LocalCluster
-from tests.helpers.kube import wait_until
+from tests.helpers.cluster import LocalCluster
+from tests.helpers.kube import install_crd
 from tests.helpers.operator import OperatorProcess, start_operator
-
-CRD_FILE = REPO / "crds" / "mailtrapwebhooks.mailtrap.io.yaml"
 
 
 @pytest.fixture(scope="session")
 def crd(cluster: LocalCluster) -> None:
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/mailtrapwebhooks.mailtrap.io",
-        "--timeout=60s",
-    )
-    # Established comes before the schema is published in the OpenAPI document.
-    wait_until(
-        lambda: cluster.kubectl("explain", "mailtrapwebhook.spec", check=False).returncode == 0,
-        what="the CRD's schema in kubectl explain",
-    )
+    install_crd(cluster)
 
 
 @pytest.fixture(scope="module")
