@@ -46,7 +46,6 @@ import aiohttp
 import structlog
 
 from .admin import Lifecycle
-from .auth import watch_secret_files
 from .config import ReceiverConfig, RetryPolicy
 from .deadletters import DeadLetter, DeadLetterStore, MemoryDeadLetterStore, log_dead_letter
 from .dedup import DedupCache
@@ -62,7 +61,6 @@ from .sinks import (
     Sink,
     SinkOverloaded,
     SubmitResult,
-    default_namespace,
     log_delivery,
     new_session,
     post,
@@ -398,7 +396,7 @@ class SpoolSink:
         secret_poll_interval: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._routes = Routes(config, namespace=namespace or default_namespace())
+        self._routes = Routes(config, namespace=namespace)
         self._targets_of = self._routes.names
         self._metrics = metrics
         self._lifecycle = lifecycle
@@ -445,13 +443,9 @@ class SpoolSink:
             for name, worker in self.workers.items()
         ]
         self._tasks.append(asyncio.create_task(self._refresh_metrics(), name="queue-metrics"))
-        secrets = self._routes.secrets()
-        if secrets:
-            self._tasks.append(
-                asyncio.create_task(
-                    watch_secret_files(secrets, interval=self._secret_poll_interval)
-                )
-            )
+        watcher = self._routes.watch_secrets(interval=self._secret_poll_interval)
+        if watcher is not None:
+            self._tasks.append(watcher)
 
     async def submit(self, events: Sequence[Event]) -> SubmitResult:
         targets_of = self._targets_of

@@ -202,11 +202,16 @@ class Route:
 
 
 class Routes:
-    """Which targets receive each canonical event type, decided once at start."""
+    """Which targets receive each canonical event type, decided once at start.
+
+    Without a ``namespace`` or ``source``, the Pod's own (`default_namespace`,
+    `cloudevents_source`).
+    """
 
     def __init__(
-        self, config: ReceiverConfig, *, namespace: str, source: str | None = None
+        self, config: ReceiverConfig, *, namespace: str | None = None, source: str | None = None
     ) -> None:
+        namespace = namespace or default_namespace()
         source = source or cloudevents_source()
         self.targets = tuple(
             Route.from_config(target, index=index, namespace=namespace, source=source)
@@ -228,8 +233,12 @@ class Routes:
     def __getitem__(self, name: EventName) -> tuple[Route, ...]:
         return self._by_event[name]
 
-    def secrets(self) -> list[SecretFile]:
-        return [route.secret for route in self.targets if route.secret is not None]
+    def watch_secrets(self, *, interval: float) -> asyncio.Task[None] | None:
+        """A task re-reading the targets' signing secret files, if any has one."""
+        secrets = [route.secret for route in self.targets if route.secret is not None]
+        if not secrets:
+            return None
+        return asyncio.create_task(watch_secret_files(secrets, interval=interval))
 
 
 def batch_key(payloads: Sequence[Payload]) -> str:
@@ -422,7 +431,7 @@ class ForwardingSink:
         secret_poll_interval: float = 1.0,
         quick_attempts: int = QUICK_ATTEMPTS,
     ) -> None:
-        self._routes = Routes(config, namespace=namespace or default_namespace())
+        self._routes = Routes(config, namespace=namespace)
         self._metrics = metrics
         self._seen = dedup or DedupCache(window=config.delivery.dedup_window)
         self._secret_poll_interval = secret_poll_interval
@@ -435,11 +444,7 @@ class ForwardingSink:
 
     async def start(self) -> None:
         self._session = new_session()
-        secrets = self._routes.secrets()
-        if secrets:
-            self._watcher = asyncio.create_task(
-                watch_secret_files(secrets, interval=self._secret_poll_interval)
-            )
+        self._watcher = self._routes.watch_secrets(interval=self._secret_poll_interval)
 
     async def close(self) -> None:
         if self._watcher is not None:

@@ -67,7 +67,7 @@ def test_service_targets_resolve_to_cluster_dns(monkeypatch: pytest.MonkeyPatch)
         "http://example.test/x",
     ]
     monkeypatch.setenv("POD_NAMESPACE", "from-downward-api")
-    routes = Routes(config, namespace="from-downward-api")
+    routes = Routes(config)
     assert routes.targets[0].url == "http://api.from-downward-api.svc:8080/events"
 
 
