@@ -41,7 +41,7 @@ import structlog
 from .deadletters import DeadLetter
 from .events import Event, EventName, timestamp_seconds
 from .sinks import Payload, SinkUnavailable
-from .spoolfile import LetterRow, OutcomeRow, SpoolError, StoreRow
+from .spoolfile import FRAME_HEADER, LetterRow, OutcomeRow, SpoolError, StoreRow, encode_frame
 
 # A write waits this long for more requests to join it: fewer, larger transactions
 # (each costs two system calls here, a transaction and an fsync there) for a little
@@ -52,7 +52,6 @@ GROUP_WINDOW: Final = 0.0005
 MAX_WRITES_IN_FLIGHT: Final = 2
 # How long closing waits for the writer to commit, checkpoint and exit.
 CLOSE_TIMEOUT: Final = 30.0
-_HEADER_SIZE: Final = 4
 
 DeadReason = Literal["attempts_exhausted", "rejected"]
 
@@ -414,12 +413,11 @@ class Spool:
     def _send(self, message: tuple[Any, ...]) -> None:
         if self._stream is None:
             raise SpoolError("the spool is not open")
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-        self._stream.write(len(data).to_bytes(_HEADER_SIZE, "big") + data)
+        self._stream.write(encode_frame(message))
 
     @staticmethod
     async def _read_frame(reader: asyncio.StreamReader) -> tuple[Any, ...]:
-        size = int.from_bytes(await reader.readexactly(_HEADER_SIZE), "big")
+        (size,) = FRAME_HEADER.unpack(await reader.readexactly(FRAME_HEADER.size))
         # The writer process is this program (see spoolfile's docstring).
         message: tuple[Any, ...] = pickle.loads(await reader.readexactly(size))  # noqa: S301
         return message

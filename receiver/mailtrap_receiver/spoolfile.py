@@ -732,14 +732,19 @@ class SpoolFile:
 #                      ("written", seq, ids, error, pending_events, depth, commits)
 #                      ("read", seq, result, error)
 
-_HEADER: Final = struct.Struct(">I")
+FRAME_HEADER: Final = struct.Struct(">I")
 # The writer process's exit status when one of its threads failed.
 EXIT_THREAD_FAILED: Final = 70
 
 
-def send_frame(sock: socket.socket, message: object, lock: threading.Lock | None = None) -> None:
+def encode_frame(message: object) -> bytes:
+    """One frame (see above); `spool.Spool` writes these too, from the event loop."""
     data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-    frame = _HEADER.pack(len(data)) + data
+    return FRAME_HEADER.pack(len(data)) + data
+
+
+def send_frame(sock: socket.socket, message: object, lock: threading.Lock | None = None) -> None:
+    frame = encode_frame(message)
     if lock is None:
         sock.sendall(frame)
     else:
@@ -760,10 +765,10 @@ def _recv_exactly(sock: socket.socket, size: int) -> bytes | None:
 
 def recv_frame(sock: socket.socket) -> Any:
     """The next message, or None at end of stream."""
-    header = _recv_exactly(sock, _HEADER.size)
+    header = _recv_exactly(sock, FRAME_HEADER.size)
     if header is None:
         return None
-    data = _recv_exactly(sock, _HEADER.unpack(header)[0])
+    data = _recv_exactly(sock, FRAME_HEADER.unpack(header)[0])
     # Both ends of this socket pair are this program (see the module docstring).
     return None if data is None else pickle.loads(data)  # noqa: S301
 
