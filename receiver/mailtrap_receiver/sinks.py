@@ -127,14 +127,10 @@ class Payload:
     spool_id: int = 0  # its row in the spool; 0 when not spooled
 
     @classmethod
-    def from_event(cls, event: Event, *, spool_id: int = 0) -> Payload:
+    def from_event(cls, event: Event) -> Payload:
+        """An event not (yet) spooled; the spool builds its payloads from its rows."""
         return cls(
-            event.key,
-            event.name,
-            orjson.dumps(event.data),
-            event.timestamp,
-            event.message_id,
-            spool_id,
+            event.key, event.name, orjson.dumps(event.data), event.timestamp, event.message_id
         )
 
 
@@ -321,7 +317,7 @@ class Attempt:
 
     @property
     def delivered(self) -> bool:
-        return self.status is not None and 200 <= self.status < 300
+        return verdict(self.status) == "delivered"
 
     @property
     def outcome(self) -> str:
@@ -373,7 +369,7 @@ async def post(
         ) as response:
             status = response.status
             content = await response.content.read(_RESPONSE_READ_LIMIT)
-            if not 200 <= status < 300:
+            if verdict(status) != "delivered":
                 excerpt = content[:RESPONSE_EXCERPT_CHARS].decode("utf-8", "replace")
                 retry_after = parse_retry_after(
                     response.headers.get("Retry-After"), now=time.time()

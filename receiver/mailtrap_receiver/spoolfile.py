@@ -433,15 +433,11 @@ def oldest_pending(conn: sqlite3.Connection, *, targets: Sequence[str]) -> dict[
     return oldest
 
 
-def recent_dead_letters(conn: sqlite3.Connection, *, limit: int) -> list[StoredDeadLetter]:
-    return list_dead_letters(conn, limit=limit)
-
-
 # Reads the receiver may ask the writer process for, by name.
 READS: Final[dict[str, Callable[..., Any]]] = {
     "poll_pending": poll_pending,
     "oldest_pending": oldest_pending,
-    "dead_letters": recent_dead_letters,
+    "dead_letters": list_dead_letters,
 }
 
 
