@@ -228,10 +228,8 @@ def _insert_rows(conn: sqlite3.Connection, insert: str, rows: Sequence[tuple[Any
     """``insert`` (``INSERT INTO t (columns)``) of ``rows``, many rows per statement:
     about half the cost per row of executemany, which steps once per row."""
     width = len(rows[0])
-    per_statement = _MAX_PARAMS // width
-    one = "(" + ",".join("?" * width) + ")"
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
+    one = f"({_marks(width)})"
+    for chunk in _chunks(rows, _MAX_PARAMS // width):
         conn.execute(
             f"{insert} VALUES {','.join([one] * len(chunk))}",
             [value for row in chunk for value in row],
