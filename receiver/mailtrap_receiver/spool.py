@@ -131,10 +131,13 @@ class _Write:
     def __bool__(self) -> bool:
         return bool(self.stores or self.letters or self.outcomes)
 
-    def futures(self) -> list[asyncio.Future[Any]]:
+    def fail(self, failure: Exception) -> None:
+        """Fail every request still waiting for this write."""
         waiting: list[asyncio.Future[Any]] = [future for _, future in self.stores]
         waiting.extend(future for _, future in self.letters)
-        return waiting
+        for future in waiting:
+            if not future.done():
+                future.set_exception(failure)
 
 
 def letter_row(letter: DeadLetter) -> LetterRow:
@@ -366,10 +369,7 @@ class Spool:
         """Answer one write's requests and hand its events and outcomes on."""
         if error is not None:
             log.error("spool write failed", error=error, requests=len(batch.stores))
-            failure = SpoolWriteFailed(f"the spool cannot store events: {error}")
-            for future in batch.futures():
-                if not future.done():
-                    future.set_exception(failure)
+            batch.fail(SpoolWriteFailed(f"the spool cannot store events: {error}"))
             # Outcomes are worth another try with the next write.
             self._queued.outcomes[:0] = batch.outcomes
         else:
@@ -455,11 +455,8 @@ class Spool:
         self.failure = reason
         log.error("spool failed", reason=reason)
         failure = SpoolWriteFailed(reason)
-        pending = [self._queued, *self._in_flight]
-        for batch in pending:
-            for future in batch.futures():
-                if not future.done():
-                    future.set_exception(failure)
+        for batch in (self._queued, *self._in_flight):
+            batch.fail(failure)
         for future in self._reads.values():
             if not future.done():
                 future.set_exception(SpoolError(reason))
