@@ -155,6 +155,14 @@ def request_middleware(*, metrics: Metrics) -> Callable[..., Awaitable[web.Strea
     return middleware
 
 
+def _too_large(limit: int) -> Rejected:
+    return Rejected(413, "body_too_large", f"the body is larger than {limit} bytes")
+
+
+def _unreadable() -> Rejected:
+    return Rejected(400, "malformed_body", "the body could not be read")
+
+
 async def read_body(
     request: web.Request, *, limit: int, within: float = BODY_READ_TIMEOUT
 ) -> bytes:
@@ -162,7 +170,7 @@ async def read_body(
     400 when it has not all arrived ``within`` seconds."""
     length = request.content_length
     if length is not None and length > limit:
-        raise Rejected(413, "body_too_large", f"the body is larger than {limit} bytes")
+        raise _too_large(limit)
     content = request.content
     if content.is_eof():
         # The whole body came with the headers (Mailtrap's usually does): nothing to
@@ -170,9 +178,9 @@ async def read_body(
         try:
             body = content.read_nowait()
         except (web.RequestPayloadError, HttpProcessingError, ConnectionError):
-            raise Rejected(400, "malformed_body", "the body could not be read") from None
+            raise _unreadable() from None
         if len(body) > limit:
-            raise Rejected(413, "body_too_large", f"the body is larger than {limit} bytes")
+            raise _too_large(limit)
         return body
     chunks: list[bytes] = []
     size = 0
@@ -186,7 +194,7 @@ async def read_body(
                     break
                 size += len(chunk)
                 if size > limit:
-                    raise Rejected(413, "body_too_large", f"the body is larger than {limit} bytes")
+                    raise _too_large(limit)
                 chunks.append(chunk)
     except TimeoutError:
         raise Rejected(
@@ -195,7 +203,7 @@ async def read_body(
     except (web.RequestPayloadError, HttpProcessingError, ConnectionError):
         # A broken chunked encoding or a peer gone mid-body: the sender's fault,
         # and nothing to log but the status.
-        raise Rejected(400, "malformed_body", "the body could not be read") from None
+        raise _unreadable() from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
