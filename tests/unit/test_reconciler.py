@@ -28,6 +28,7 @@ from mailtrap_operator.resources import (
     SecretVersion,
 )
 from mailtrap_operator.settings import Settings
+from tests.helpers.waiting import eventually
 
 NAMESPACE, NAME = "mail", "hooks"
 KEY: OwnerKey = (NAMESPACE, NAME)
@@ -130,14 +131,6 @@ def _known(key: OwnerKey) -> tuple[tuple[str, str], ...]:
     return ()
 
 
-async def _until(check: Any, what: str) -> None:
-    for _ in range(300):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def test_a_child_deleted_while_the_api_is_down_comes_back_once_it_answers(
     setup: Any,
 ) -> None:
@@ -155,8 +148,8 @@ async def test_a_child_deleted_while_the_api_is_down_comes_back_once_it_answers(
     await asyncio.sleep(0.2)  # several retries, all failing
     assert api.applies == applies
     api.down = False
-    await _until(lambda: api.applies > applies, "the Deployment to be applied again")
-    await _until(lambda: not reconciler._retrying, "the retries to stop")
+    await eventually(lambda: api.applies > applies, within=3)
+    await eventually(lambda: not reconciler._retrying, within=3)
 
 
 async def test_a_secret_rotated_while_the_api_is_down_is_rolled_out_once_it_answers(
@@ -177,7 +170,7 @@ async def test_a_secret_rotated_while_the_api_is_down_is_rolled_out_once_it_answ
         known_children=_known,
     )
     api.down = False
-    await _until(lambda: api.status["configHash"] != before, "the new hash")
+    await eventually(lambda: api.status["configHash"] != before, within=3)
 
 
 async def test_no_retry_for_what_only_a_spec_change_can_fix(setup: Any) -> None:
@@ -191,7 +184,7 @@ async def test_no_retry_for_what_only_a_spec_change_can_fix(setup: Any) -> None:
         find_owner=lambda key: invalid,
         known_children=_known,
     )
-    await _until(lambda: "InvalidSpec" in api.events, "the InvalidSpec event")
+    await eventually(lambda: "InvalidSpec" in api.events, within=3)
     await asyncio.sleep(0.1)
     assert not reconciler._retrying
 
