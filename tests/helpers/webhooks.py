@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 
 from mailtrap_receiver.auth import sign
+from mailtrap_receiver.events import Event, classify
 
 SECRET = b"whsec_unit_test_secret"
 OTHER_SECRET = b"whsec_rotated_in_secret"
@@ -29,6 +30,13 @@ def delivery_event(**fields: Any) -> dict[str, Any]:
         "sending_stream": "transactional",
         **fields,
     }
+
+
+def classified_event(**fields: Any) -> Event:
+    """`delivery_event` as the receiver accepted it (``fields`` must keep it valid)."""
+    result = classify(delivery_event(**fields))
+    assert isinstance(result, Event), result
+    return result
 
 
 def json_body(*events: dict[str, Any]) -> bytes:

@@ -17,7 +17,6 @@ from mailtrap_receiver.admin import Lifecycle
 from mailtrap_receiver.config import ReceiverConfig, parse_config
 from mailtrap_receiver.deadletters import DeadLetter
 from mailtrap_receiver.delivery import SpoolSink
-from mailtrap_receiver.events import Event, classify
 from mailtrap_receiver.metrics import Metrics
 from mailtrap_receiver.sinks import SinkOverloaded, SinkUnavailable
 from mailtrap_receiver.spool import SpoolError, SpoolWriteFailed
@@ -25,15 +24,9 @@ from mailtrap_receiver.spoolfile import StoredDeadLetter, list_dead_letters, ope
 from mailtrap_receiver.spoolfile import replay_dead_letters as replay
 from tests.helpers.targets import RecordingTarget
 from tests.helpers.waiting import eventually
-from tests.helpers.webhooks import delivery_event
+from tests.helpers.webhooks import classified_event as event
 
 FAST_RETRY: dict[str, Any] = {"maxAttempts": 20, "initialBackoff": "10ms", "maxBackoff": "50ms"}
-
-
-def event(**fields: Any) -> Event:
-    result = classify(delivery_event(**fields))
-    assert isinstance(result, Event)
-    return result
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import pytest
 
 from mailtrap_receiver.auth import sign
 from mailtrap_receiver.config import ReceiverConfig, parse_config
-from mailtrap_receiver.events import Event, classify
 from mailtrap_receiver.metrics import Metrics
 from mailtrap_receiver.sinks import (
     QUICK_ATTEMPTS,
@@ -27,17 +26,11 @@ from mailtrap_receiver.sinks import (
 )
 from tests.helpers.targets import RecordingTarget
 from tests.helpers.waiting import eventually
-from tests.helpers.webhooks import delivery_event
+from tests.helpers.webhooks import classified_event as event
 
 
 def config_with(*targets: dict[str, Any], **extra: Any) -> ReceiverConfig:
     return parse_config({"signingSecretFile": "/s", "targets": list(targets), **extra})
-
-
-def event(**fields: Any) -> Event:
-    result = classify(delivery_event(**fields))
-    assert isinstance(result, Event)
-    return result
 
 
 def payload(**fields: Any) -> Payload:
