@@ -202,6 +202,34 @@ def denials(
     return found
 
 
+# The release the chart tests install, and the name its templates give most objects.
+RELEASE = "mailtrap"
+FULLNAME = f"{RELEASE}-mailtrap-webhook-operator"
+
+
+def install(cluster: LocalCluster, *, namespace: str) -> subprocess.CompletedProcess[str]:
+    """`helm install` of the chart with its defaults, waiting for it to be ready."""
+    return helm(
+        "install", RELEASE, str(CHART), "--namespace", namespace, "--wait", "--timeout=120s",
+        kubeconfig=cluster.admin_kubeconfig,
+    )  # fmt: skip
+
+
+def upgrade(cluster: LocalCluster, *, namespace: str, values: str) -> None:
+    """`helm upgrade` of the release keeping its values, plus ``--set values``."""
+    helm(
+        "upgrade", RELEASE, str(CHART), "--namespace", namespace, "--reuse-values",
+        "--set", values, "--wait", "--timeout=120s", kubeconfig=cluster.admin_kubeconfig,
+    )  # fmt: skip
+
+
+def uninstall(cluster: LocalCluster, *, namespace: str) -> None:
+    """Remove the release, if any, and its namespace (not waited for)."""
+    helm("uninstall", RELEASE, "--namespace", namespace,
+         kubeconfig=cluster.admin_kubeconfig, check=False)  # fmt: skip
+    cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+
+
 @contextlib.contextmanager
 def service_monitor_crd(cluster: LocalCluster) -> Iterator[None]:
     """The minimal ServiceMonitor CRD for a ``with`` block, removed after it unless it

@@ -15,13 +15,17 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.chart import (
-    CHART,
     CI_VALUES,
+    FULLNAME,
+    RELEASE,
     adopt_crd,
     helm,
+    install,
     install_chart_crds,
     render,
     service_monitor_crd,
+    uninstall,
+    upgrade,
 )
 from tests.helpers.cluster import LocalCluster
 from tests.helpers.kube import apply, get, wait_until
@@ -70,9 +74,7 @@ def test_every_rendered_manifest_is_accepted_by_the_api_server(
 
 # --- a release's life -----------------------------------------------------------------
 
-RELEASE = "mailtrap"
 NAMESPACE = "mailtrap-install"
-FULLNAME = f"{RELEASE}-mailtrap-webhook-operator"
 
 
 def operator_pods(cluster: LocalCluster) -> list[dict[str, object]]:
@@ -95,9 +97,7 @@ def restricted_namespace(cluster: LocalCluster) -> Iterator[str]:
     try:
         yield NAMESPACE
     finally:
-        helm("uninstall", RELEASE, "--namespace", NAMESPACE,
-             kubeconfig=cluster.admin_kubeconfig, check=False)  # fmt: skip
-        cluster.kubectl("delete", "namespace", NAMESPACE, "--wait=false", check=False)
+        uninstall(cluster, namespace=NAMESPACE)
 
 
 def test_install_upgrade_and_uninstall_keep_users_resources(
@@ -118,10 +118,7 @@ def test_install_upgrade_and_uninstall_keep_users_resources(
 
     # The CRD exists already (applied from crds/ by the tests' fixture): hand it over.
     adopt_crd(cluster, release=RELEASE, namespace=NAMESPACE)
-    installed = helm(
-        "install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--wait", "--timeout=120s",
-        kubeconfig=cluster.admin_kubeconfig,
-    )  # fmt: skip
+    installed = install(cluster, namespace=NAMESPACE)
     assert "STATUS: deployed" in installed.stdout
     assert "kubectl -n <namespace> get mtwh -o wide" in installed.stdout  # NOTES
     (pod,) = operator_pods(cluster)
@@ -148,11 +145,7 @@ def test_install_upgrade_and_uninstall_keep_users_resources(
         namespace=namespace,
     )
 
-    helm(
-        "upgrade", RELEASE, str(CHART), "--namespace", NAMESPACE, "--reuse-values",
-        "--set", "replicaCount=2", "--wait", "--timeout=120s",
-        kubeconfig=cluster.admin_kubeconfig,
-    )  # fmt: skip
+    upgrade(cluster, namespace=NAMESPACE, values="replicaCount=2")
     wait_until(lambda: len(operator_pods(cluster)) == 2, what="two operator Pods")
     assert get(cluster, "clusterkopfpeering", FULLNAME) is not None
     deployment = get(cluster, "deployment", FULLNAME, namespace=NAMESPACE)

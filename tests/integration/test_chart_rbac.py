@@ -37,18 +37,21 @@ from typing import Any
 import pytest
 
 from tests.helpers.chart import (
-    CHART,
+    FULLNAME,
+    RELEASE,
     Permission,
     adopt_crd,
     denials,
     dump,
     find,
-    helm,
+    install,
     install_chart_crds,
     permissions,
     render,
     rules_of,
     service_monitor_crd,
+    uninstall,
+    upgrade,
     used_permissions,
 )
 from tests.helpers.cluster import LocalCluster
@@ -57,9 +60,7 @@ from tests.helpers.operator import HASH_ANNOTATION, events, start_operator
 
 pytestmark = pytest.mark.integration
 
-RELEASE = "mailtrap"
 RELEASE_NAMESPACE = "mailtrap-system"
-FULLNAME = f"{RELEASE}-mailtrap-webhook-operator"
 NAME = "hooks"  # the resource in examples/ingress.yaml
 CHILD = f"{NAME}-receiver"
 OPTIONAL_CHILDREN = ("ingress", "networkpolicy", "poddisruptionbudget", "servicemonitor")
@@ -180,16 +181,11 @@ def release(cluster: LocalCluster, crd: None) -> Iterator[str]:
     """The chart installed with its defaults, as a user would, in a namespace of its own."""
     cluster.kubectl("create", "namespace", RELEASE_NAMESPACE, check=False)
     adopt_crd(cluster, release=RELEASE, namespace=RELEASE_NAMESPACE)
-    helm(
-        "install", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE,
-        "--wait", "--timeout=120s", kubeconfig=cluster.admin_kubeconfig,
-    )  # fmt: skip
+    install(cluster, namespace=RELEASE_NAMESPACE)
     try:
         yield RELEASE
     finally:
-        helm("uninstall", RELEASE, "--namespace", RELEASE_NAMESPACE,
-             kubeconfig=cluster.admin_kubeconfig, check=False)  # fmt: skip
-        cluster.kubectl("delete", "namespace", RELEASE_NAMESPACE, "--wait=false", check=False)
+        uninstall(cluster, namespace=RELEASE_NAMESPACE)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -260,11 +256,7 @@ def test_the_charts_serviceaccount_is_enough_and_every_grant_is_used(
 def test_with_peering_the_charts_serviceaccount_is_enough_and_every_grant_is_used(
     cluster: LocalCluster, release: str, namespace: str, tmp_path: Path
 ) -> None:
-    helm(
-        "upgrade", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE, "--reuse-values",
-        "--set", "replicaCount=2", "--wait", "--timeout=120s",
-        kubeconfig=cluster.admin_kubeconfig,
-    )  # fmt: skip
+    upgrade(cluster, namespace=RELEASE_NAMESPACE, values="replicaCount=2")
     peering = Peering("clusterkopfpeering", FULLNAME, identity="local-operator")
     outcome = run_with_release(cluster, namespace, tmp_path, peering=peering)
     assert not outcome.failure
