@@ -26,7 +26,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .resources import LABEL_INSTANCE, LABEL_MANAGED_BY, OPERATOR_NAME, OwnerKey, controller_owner
+from .resources import (
+    DEPLOYMENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    OPERATOR_NAME,
+    OwnerKey,
+    controller_owner,
+)
 from .status import Rollout
 
 ChildKey = tuple[str, str, str]  # (kind, namespace, name)
@@ -83,7 +90,8 @@ class ChildState:
     @classmethod
     def from_body(cls, *, kind: str, body: Mapping[str, Any], deleted: bool) -> ChildState:
         meta = body.get("metadata") or {}
-        namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+        key, resource_version, generation = _identity(kind, meta)
+        namespace = key[1]
         labels = meta.get("labels") or {}
         found = controller_owner(body)
         owner_uid = ""
@@ -95,21 +103,30 @@ class ChildState:
             owner = (namespace, str(labels[LABEL_INSTANCE]))
         else:
             owner = None
-        generation = meta.get("generation")
         return cls(
-            key=(kind, namespace, name),
+            key=key,
             owner=owner,
             owner_uid=owner_uid,
             deleted=deleted,
-            resource_version=str(meta.get("resourceVersion") or ""),
-            generation=int(generation) if generation is not None else None,
+            resource_version=resource_version,
+            generation=generation,
             labelled=bool(
                 owner is not None
                 and labels.get(LABEL_MANAGED_BY) == OPERATOR_NAME
                 and labels.get(LABEL_INSTANCE) == owner[1]
             ),
-            rollout=Rollout.from_deployment(body) if kind == "Deployment" else None,
+            rollout=Rollout.from_deployment(body) if kind == DEPLOYMENT.kind else None,
         )
+
+
+def _identity(kind: str, meta: Mapping[str, Any]) -> tuple[ChildKey, str, int | None]:
+    """A child's key, resourceVersion and generation, from its metadata."""
+    generation = meta.get("generation")
+    return (
+        (kind, str(meta.get("namespace", "")), str(meta.get("name", ""))),
+        str(meta.get("resourceVersion") or ""),
+        int(generation) if generation is not None else None,
+    )
 
 
 def drift(*, applied: AppliedChild | None, state: ChildState) -> str | None:
@@ -177,13 +194,9 @@ class Ledger:
     # -- children --
 
     def record_applied(self, *, kind: str, owner: OwnerKey, body: Mapping[str, Any]) -> None:
-        meta = body.get("metadata") or {}
-        key: ChildKey = (kind, str(meta.get("namespace", "")), str(meta.get("name", "")))
-        generation = meta.get("generation")
+        key, resource_version, generation = _identity(kind, body.get("metadata") or {})
         self._children[key] = AppliedChild(
-            owner=owner,
-            resource_version=str(meta.get("resourceVersion") or ""),
-            generation=int(generation) if generation is not None else None,
+            owner=owner, resource_version=resource_version, generation=generation
         )
         self._by_owner.setdefault(owner, set()).add(key)
 
