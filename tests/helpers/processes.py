@@ -28,6 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.helpers.children import die_with_parent, free_port
 
 __all__ = [
@@ -183,3 +186,25 @@ def running_receiver(**kwargs: Any) -> Iterator[ReceiverProcess]:
         yield receiver
     finally:
         receiver.kill()
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape(receiver: ReceiverProcess) -> Samples:
+    """Every sample on the receiver's /metrics, by name and labels."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(receiver.admin_url + "/metrics") as response,
+    ):
+        text = await response.text()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def sample_value(samples: Samples, name: str, **labels: str) -> float:
+    """The sample with exactly these labels; 0 when there is none (not counted yet)."""
+    return samples.get((name, frozenset(labels.items())), 0.0)

@@ -16,12 +16,13 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.helpers.processes import (
     ReceiverProcess,
     dlq,
     http_status,
+    sample_value,
+    scrape,
     start_receiver_async,
     write_config,
 )
@@ -59,16 +60,7 @@ async def start(tmp_path: Path, secret_file: Path) -> AsyncIterator[Start]:
 
 
 async def metric(receiver: ReceiverProcess, name: str, **labels: str) -> float:
-    async with (
-        aiohttp.ClientSession() as client,
-        client.get(receiver.admin_url + "/metrics") as response,
-    ):
-        text = await response.text()
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and sample.labels == labels:
-                return float(sample.value)
-    return 0.0
+    return sample_value(await scrape(receiver), name, **labels)
 
 
 async def send_each(
@@ -352,8 +344,7 @@ async def test_what_the_grace_period_could_not_deliver_resumes_after_a_restart(
     await target.stop()
     events = [delivery_event() for _ in range(10)]
     await send_each(session, receiver, events)
-    receiver.process.send_signal(signal.SIGTERM)
-    code = await asyncio.to_thread(receiver.process.wait, 30)
+    code = await asyncio.to_thread(receiver.terminate, timeout=30)
     assert code == 0, receiver.log()
     assert '"msg":"delivery stopped at the deadline"' in receiver.log()
 

@@ -14,9 +14,9 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers.processes import ReceiverProcess, http_status
+from tests.helpers.processes import ReceiverProcess, http_status, scrape
+from tests.helpers.processes import sample_value as value
 from tests.helpers.targets import RecordingTarget
 from tests.helpers.waiting import eventually
 from tests.helpers.webhooks import (
@@ -38,25 +38,6 @@ async def post(
         session.post(receiver.url(), data=body, headers=headers) as response,
     ):
         return response.status, orjson.loads(await response.read())
-
-
-async def scrape(receiver: ReceiverProcess) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    async with (
-        aiohttp.ClientSession() as session,
-        session.get(receiver.admin_url + "/metrics") as response,
-    ):
-        text = await response.text()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
-) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 async def test_signed_requests_reach_the_target_and_are_counted(
