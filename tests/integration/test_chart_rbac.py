@@ -410,7 +410,7 @@ def test_removing_any_rule_of_the_chart_breaks_the_operator(
     control = variants[-1]
     assert not control.failure, "\n".join(report)
     assert not denials(audit, namespace=control.namespace)
-    granted = permissions(find(docs, "Role", control.namespace)[0]["rules"])
+    granted = permissions(rules_of(docs, "Role", control.namespace))
     assert_used_every_grant(granted, used_permissions(audit, namespace=control.namespace))
     for variant in variants[:-1]:
         assert variant.failure, f"{variant.describe()}: nothing broke\n" + "\n".join(report)
