@@ -48,8 +48,8 @@ import sys
 import tempfile
 import time
 import urllib.request
-import uuid
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -64,6 +64,7 @@ from tests.helpers.processes import (
     start_receiver,
     write_config,
 )
+from tests.helpers.webhooks import delivery_event
 
 SECRET = b"bench-signing-secret"
 PATH = "/webhooks/mailtrap"
@@ -203,18 +204,7 @@ def write_bodies(path: Path, *, count: int, batch: int) -> None:
     now = int(time.time())
     with path.open("wb") as out:
         for _ in range(count):
-            events = [
-                {
-                    "event": "delivery",
-                    "timestamp": now,
-                    "message_id": str(uuid.uuid4()),
-                    "email": "john.doe@example.com",
-                    "event_id": str(uuid.uuid4()),
-                    "sending_stream": "transactional",
-                    "category": "bench",
-                }
-                for _ in range(batch)
-            ]
+            events = [delivery_event(timestamp=now, category="bench") for _ in range(batch)]
             body = orjson.dumps(events[0] if batch == 1 else {"events": events})
             out.write(sign(body, secret=SECRET).encode() + b"\t" + body + b"\n")
 
@@ -307,12 +297,6 @@ def wait_forwarded(target_counts: str, accepted: float, *, within: float = 300) 
             raise RuntimeError(f"the target did not get all {accepted:.0f} events in {within}s")
         time.sleep(0.05)
     return time.monotonic() - started
-
-
-def median(values: list[float]) -> float:
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def main() -> int:
