@@ -289,6 +289,20 @@ def accepted_events(receiver: ReceiverProcess) -> float:
     )
 
 
+def settle(receiver: ReceiverProcess, target_counts: str) -> float:
+    """Wait until all the receiver accepted is forwarded and it accepts no more: the
+    total accepted. Requests whose client wrk already dropped may still be committing
+    (events_received_total counts them once stored), so one read is not the last."""
+    accepted = accepted_events(receiver)
+    while True:
+        wait_forwarded(target_counts, accepted)
+        time.sleep(0.5)  # a quiet spell: such a commit takes milliseconds
+        latest = accepted_events(receiver)
+        if latest == accepted:
+            return accepted
+        accepted = latest
+
+
 def wait_forwarded(target_counts: str, accepted: float, *, within: float = 300) -> float:
     """Wait until the target has ``accepted`` events; the seconds it took."""
     started = time.monotonic()
@@ -396,9 +410,8 @@ def main() -> int:
         pause_ms = max(round(nominal_ms / 2), round(nominal_ms - probe["p50_us"] / 1000), 1)
         half = run_wrk(wrk, url=receiver.url(PATH), pause_ms=pause_ms, skip=skip, **load)
         skip += half["requests"] // args.threads + 1
-        wait_forwarded(target_counts, accepted_events(receiver))
+        total_accepted = settle(receiver, target_counts)
         forwarded = counts(target_counts)
-        total_accepted = accepted_events(receiver)
         wrapped = skip > count // args.threads
     finally:
         if receiver is not None:
