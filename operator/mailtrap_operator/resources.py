@@ -15,6 +15,7 @@ import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import quote
 
 GROUP: Final = "mailtrap.io"
 VERSION: Final = "v1alpha1"
@@ -56,10 +57,22 @@ class Kind:
         return f"{self.group}/{self.version}" if self.group else self.version
 
     def path(self, *, namespace: str, name: str | None = None) -> str:
-        """The REST path of a namespaced object (or of the collection when no name)."""
+        """The REST path of a namespaced object (or of the collection when no name).
+
+        Names come from specs that tenants write: each is one escaped path segment,
+        so a name such as ``../../other/secrets/x`` can never address anything
+        outside ``namespace`` (the CRD's patterns refuse such names first).
+        """
         root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        path = f"{root}/namespaces/{namespace}/{self.plural}"
-        return f"{path}/{name}" if name is not None else path
+        path = f"{root}/namespaces/{_segment(namespace)}/{self.plural}"
+        return f"{path}/{_segment(name)}" if name is not None else path
+
+
+def _segment(value: str) -> str:
+    # "." and ".." survive percent-encoding and are dot segments to URL normalisation.
+    if value in ("", ".", ".."):
+        raise ValueError(f"{value!r} is not an object or namespace name")
+    return quote(value, safe="")
 
 
 CONFIG_MAP: Final = Kind("ConfigMap", "", "v1", "configmaps")

@@ -157,8 +157,11 @@ class _Model(BaseModel):
 class ServiceRef(_Model):
     """A Service, resolved to ``<scheme>://<name>.<namespace>.svc:<port><path>``."""
 
-    name: Annotated[str, Field(min_length=1, max_length=63)]
-    namespace: Annotated[str | None, Field(max_length=63)] = None
+    # DNS labels, as the CRD says: they become a host name, and nothing else.
+    name: Annotated[str, Field(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+    namespace: Annotated[
+        str | None, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    ] = None
     port: Annotated[int, Field(ge=1, le=65535)]
     path: Annotated[str, Field(pattern=r"^/[^\s]*$", max_length=1024)] = "/"
     scheme: Literal["http", "https"] = "http"
