@@ -40,7 +40,9 @@ from tests.helpers.chart import (
     FULLNAME,
     RELEASE,
     Permission,
+    account,
     adopt_crd,
+    chart_env,
     denials,
     dump,
     find,
@@ -77,10 +79,6 @@ class Peering:
     kind: str  # kopfpeering or clusterkopfpeering
     name: str
     identity: str  # what the operator calls itself there: its POD_ID
-
-
-def account(namespace: str, name: str) -> str:
-    return f"system:serviceaccount:{namespace}:{name}"
 
 
 # --- what the operator is made to do ------------------------------------------------
@@ -158,14 +156,6 @@ def exercise(
             return dict(found.get("status") or {})
 
         until(lambda: peering.identity in peers(), f"{peering.identity} in {peering.name}")
-
-
-def chart_env(deployment: Mapping[str, Any], pod_id: str) -> dict[str, str]:
-    """The operator container's environment as the chart sets it (for a local process)."""
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
-    env["POD_ID"] = pod_id  # the chart's fieldRef: the Pod's name
-    return env
 
 
 def assert_used_every_grant(granted: set[Permission], used: set[Permission]) -> None:
