@@ -148,6 +148,10 @@ def run(stack: contextlib.ExitStack, workdir: Path) -> None:
         "-n", NAMESPACE, "create", "secret", "generic", "mailtrap-signing",
         f"--from-file=signing-secret={SECRET_FILE}",
     )  # fmt: skip
+    # The opt-in that lets MailtrapWebhooks use the Secret (README: Security).
+    cluster.kubectl(
+        "-n", NAMESPACE, "label", "secret", "mailtrap-signing", "mailtrap.io/webhook-secret=true"
+    )
     resource = yaml.safe_load(EXAMPLE.read_text())
     resource["spec"]["targets"][0]["url"] = target.url
     cluster.kubectl("-n", NAMESPACE, "apply", "-f", "-", input_text=json.dumps(resource))

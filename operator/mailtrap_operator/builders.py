@@ -8,9 +8,8 @@ manifests to `kubeapi` for server-side apply.
 The receiver's config file is the spec minus the keys that only shape
 Kubernetes objects (`mailtrap_receiver.config.OPERATOR_ONLY_KEYS`), with every
 ``...SecretRef`` replaced by a ``...SecretFile`` path where the Deployment mounts
-that Secret key. Secret values never enter a manifest nor the pod-template hash:
-the config holds paths, and the hash covers the config text and each referenced
-Secret's uid and resourceVersion (see `config_hash`).
+that Secret key. Secret values never reach the builders: the config holds paths,
+and the pod-template hash covers the config text alone (see `config_hash`).
 """
 
 from __future__ import annotations
@@ -49,7 +48,6 @@ from .resources import (
     SERVICE_MONITOR,
     Kind,
     Owner,
-    SecretVersion,
 )
 
 CONFIG_HASH_ANNOTATION: Final = "mailtrap.io/config-hash"
@@ -220,28 +218,14 @@ def render_config(*, config: Mapping[str, Any], owner: Owner) -> str:
     )
 
 
-def config_hash(*, config_text: str, secret_versions: Mapping[str, SecretVersion]) -> str:
-    """sha256 over the config file and each referenced Secret's name, uid and version.
+def config_hash(*, config_text: str) -> str:
+    """sha256 of the config file: what rolls the receiver Pods when it changes.
 
-    Never over secret values: the hash is in status and on the pod template,
-    which more people may read than the Secrets, and an unsalted digest of a
-    weak basic-auth password can be brute-forced offline. A rotation still
-    changes the resourceVersion and so rolls the Pods; so does any other write
-    to a referenced Secret, once a reconcile reads it.
+    Only the config: Secret values and versions stay out. The receivers re-read
+    their mounted secret files when the kubelet updates them, so a rotation needs no
+    rollout, and the operator, which no longer watches Secrets, could not follow one.
     """
-    digest = hashlib.sha256()
-
-    def part(data: bytes) -> None:
-        # Length-prefixed, so no two different inputs can run together.
-        digest.update(len(data).to_bytes(8, "big"))
-        digest.update(data)
-
-    part(config_text.encode())
-    for name, version in sorted(secret_versions.items()):
-        part(name.encode())
-        part(version.uid.encode())
-        part(version.resource_version.encode())
-    return digest.hexdigest()
+    return hashlib.sha256(config_text.encode()).hexdigest()
 
 
 # --- validation beyond the schema -------------------------------------------------

@@ -8,7 +8,8 @@ resources. Calls are blocking, so they run on a small dedicated thread pool and
 the rest of the operator awaits them.
 
 `reconciler` makes every request: server-side apply of children, deletion of
-children no longer wanted, reading the Secrets a spec references, writing the
+children no longer wanted, reading which keys the Secrets a spec references
+have (never keeping their values), writing the
 owner's status, posting Events, and an API discovery check (cached) for
 optional kinds such as the Prometheus Operator's ServiceMonitor. The other
 caller, `handlers.login`, only gets kopf's own HTTP session from here
@@ -44,9 +45,7 @@ from .resources import (
     OPERATOR_NAME,
     SECRET,
     Kind,
-    SecretData,
-    SecretVersion,
-    decode_secret_data,
+    SecretInfo,
 )
 
 # Old kopf sessions may still finish requests after a re-login; closed this much later.
@@ -247,21 +246,16 @@ class KubeApi:
 
     # -- inputs --
 
-    async def read_secret(self, *, namespace: str, name: str) -> SecretData | None:
-        """The decoded data of a Secret and its version, or None when it does not exist."""
+    async def read_secret(self, *, namespace: str, name: str) -> SecretInfo | None:
+        """A Secret's key names and opt-in label, or None when it does not exist.
+
+        A GET of one named Secret (the operator may not list or watch them). The
+        values arrive in the answer and go no further than this method.
+        """
         result = await self._request(
             "GET", SECRET.path(namespace=namespace, name=name), missing_ok=True
         )
-        if result is None:
-            return None
-        meta = result.get("metadata") or {}
-        return SecretData(
-            data=decode_secret_data(result.get("data") or {}),
-            version=SecretVersion(
-                uid=str(meta.get("uid") or ""),
-                resource_version=str(meta.get("resourceVersion") or ""),
-            ),
-        )
+        return None if result is None else SecretInfo.from_body(result)
 
     async def read_owner(self, *, namespace: str, name: str) -> dict[str, Any] | None:
         return await self._request(

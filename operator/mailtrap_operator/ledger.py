@@ -9,9 +9,8 @@ Service), a lost label or a lost owner reference is a hand edit and triggers a
 reconcile (`drift`).
 
 Per owner it keeps the status last written (fresher than kopf's index right
-after a write), the digests of the secret values last used (so a Secret event
-that changes nothing is ignored), and a lock so that reconciles, drift repairs
-and status refreshes of one MailtrapWebhook never interleave.
+after a write) and a lock so that reconciles, drift repairs and status refreshes
+of one MailtrapWebhook never interleave.
 
 Nothing here is persisted: after a restart, kopf's resume handlers reconcile
 every resource once and so fill the ledger again.
@@ -20,10 +19,9 @@ every resource once and so fill the ledger again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .resources import (
@@ -34,10 +32,9 @@ from .resources import (
     OwnerKey,
     controller_owner,
 )
-from .status import Rollout
+from .status import Problem, Rollout
 
 ChildKey = tuple[str, str, str]  # (kind, namespace, name)
-SecretKey = tuple[str, str]  # (secret name, key)
 
 
 @dataclass
@@ -51,15 +48,10 @@ class AppliedChild:
 class OwnerRecord:
     uid: str
     status: dict[str, Any] | None = None
-    # Digest of each referenced secret value, None for a missing secret or key.
-    secret_digests: dict[SecretKey, str | None] = field(default_factory=dict)
     reconciled: bool = False
-    # The last reconcile met a problem that a retry may solve (not a spec error).
-    failed: bool = False
-
-
-def digest(value: bytes) -> str:
-    return hashlib.sha256(value).hexdigest()
+    # The problem of the last reconcile when a retry may solve it (not a spec error):
+    # what the retry waits for (`reconciler.retry_delay`); None when none is due.
+    retry: Problem | None = None
 
 
 def _newer(seen: str, recorded: str) -> bool:
@@ -187,9 +179,6 @@ class Ledger:
         self._owners.pop(key, None)
         for child in self._by_owner.pop(key, set()):
             self._children.pop(child, None)
-
-    def owners(self) -> int:
-        return len(self._owners)
 
     # -- children --
 

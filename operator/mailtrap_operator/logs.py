@@ -4,7 +4,7 @@
 the level, logger, event and, for kopf's per-object loggers, the namespace,
 name and kind of the object; console is for people. Our modules log through
 structlog with key-value fields. Secret values are never logged: the
-reconciler only ever has digests and Secret names to say.
+operator never holds them (it learns only which keys a Secret has).
 """
 
 from __future__ import annotations

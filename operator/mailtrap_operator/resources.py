@@ -9,8 +9,6 @@ given instead of a raw kopf body.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -162,29 +160,24 @@ def controller_owner(body: Mapping[str, Any]) -> tuple[OwnerKey, str] | None:
     return None
 
 
-@dataclass(frozen=True)
-class SecretVersion:
-    """Which object and version of a Secret a reconcile read; what the pod-template
-    hash covers instead of the values (see `builders.config_hash`)."""
-
-    uid: str
-    resource_version: str
+# The label by which whoever may write a Secret lets MailtrapWebhooks use it (see
+# `reconciler.secret_problem`): a tenant who cannot write a Secret cannot add it.
+SECRET_OPT_IN_LABEL: Final = "mailtrap.io/webhook-secret"  # noqa: S105 - a label key
+SECRET_OPT_IN_VALUE: Final = "true"  # noqa: S105 - its value
 
 
 @dataclass(frozen=True)
-class SecretData:
-    """A Secret as a reconcile reads it: decoded values and the version they are of."""
+class SecretInfo:
+    """What a reconcile learns of a referenced Secret: its key names and whether it
+    opted in. Never its values: the receiver reads those from its mounted files."""
 
-    data: Mapping[str, bytes]
-    version: SecretVersion
+    keys: frozenset[str]
+    opted_in: bool
 
-
-def decode_secret_data(data: Mapping[str, Any]) -> dict[str, bytes]:
-    """A Secret's ``data`` (base64 values) decoded; undecodable entries are left out."""
-    values: dict[str, bytes] = {}
-    for key, encoded in data.items():
-        try:
-            values[str(key)] = base64.b64decode(str(encoded), validate=True)
-        except (binascii.Error, ValueError):
-            continue
-    return values
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> SecretInfo:
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        return cls(
+            keys=frozenset(str(key) for key in body.get("data") or {}),
+            opted_in=labels.get(SECRET_OPT_IN_LABEL) == SECRET_OPT_IN_VALUE,
+        )

@@ -41,6 +41,7 @@ class Settings:
     priority: int = 0
     api_workers: int = 8
     discovery_ttl: float = 60.0
+    require_secret_label: bool = True
 
     @property
     def clusterwide(self) -> bool:
@@ -72,6 +73,15 @@ def _port(text: str) -> int:
 
 def _optional_int(text: str) -> int | None:
     return int(text) if text.strip() else None
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
 
 
 def _positive(text: str) -> int:
@@ -154,6 +164,15 @@ def build_parser(*, environ: Mapping[str, str] | None = None) -> argparse.Argume
         default=_env(env, "DISCOVERY_TTL", "60"),
         help="seconds the ServiceMonitor API check is cached (default: %(default)s)",
     )
+    parser.add_argument(
+        "--require-secret-label",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=_env(env, "REQUIRE_SECRET_LABEL", "true"),
+        help="use a referenced Secret only if it carries the label "
+        "mailtrap.io/webhook-secret=true (default: %(default)s)",
+    )
     return parser
 
 
@@ -185,4 +204,5 @@ def parse(
         priority=int(priority),
         api_workers=int(args.api_workers),
         discovery_ttl=float(args.discovery_ttl),
+        require_secret_label=bool(args.require_secret_label),
     )

@@ -21,9 +21,10 @@ from mailtrap_operator.resources import (
     INGRESS,
     NETWORK_POLICY,
     POD_DISRUPTION_BUDGET,
+    SECRET_OPT_IN_LABEL,
+    SECRET_OPT_IN_VALUE,
     SERVICE_MONITOR,
     Owner,
-    SecretVersion,
 )
 from mailtrap_receiver.config import OPERATOR_ONLY_KEYS, load_config
 
@@ -116,24 +117,13 @@ SECRETS = {
     ("target-signing", "hmac"): b"target-fake",
     ("mailtrap-basic", "credentials"): b"user:fake",
 }
-# What the hash covers instead of those values: the version of each Secret read.
-VERSIONS = {
-    "mailtrap-signing": SecretVersion(uid="uid-signing", resource_version="100"),
-    "target-signing": SecretVersion(uid="uid-target", resource_version="101"),
-    "mailtrap-basic": SecretVersion(uid="uid-basic", resource_version="102"),
-}
 
 
 def owner_of(spec: dict[str, Any], *, name: str = "transactional") -> Owner:
     return Owner(namespace="mail", name=name, uid="uid-1234", generation=3, spec=spec)
 
 
-def children_of(
-    spec: dict[str, Any],
-    *,
-    monitors: bool = True,
-    versions: dict[str, SecretVersion] | None = None,
-) -> builders.Children:
+def children_of(spec: dict[str, Any], *, monitors: bool = True) -> builders.Children:
     owner = owner_of(spec)
     text = builders.render_config(
         config=builders.build_config(spec=spec, namespace=owner.namespace), owner=owner
@@ -142,7 +132,7 @@ def children_of(
         owner=owner,
         default_image="operator-image:1",
         config_text=text,
-        config_hash=builders.config_hash(config_text=text, secret_versions=versions or VERSIONS),
+        config_hash=builders.config_hash(config_text=text),
         service_monitors_available=monitors,
     )
 
@@ -151,8 +141,8 @@ def by_kind(children: builders.Children) -> dict[str, dict[str, Any]]:
     return {manifest["kind"]: manifest for manifest in children.manifests}
 
 
-def pod_template_hash(spec: dict[str, Any], versions: dict[str, SecretVersion]) -> str:
-    deployment = by_kind(children_of(spec, versions=versions))["Deployment"]
+def pod_template_hash(spec: dict[str, Any]) -> str:
+    deployment = by_kind(children_of(spec))["Deployment"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     return str(annotations[builders.CONFIG_HASH_ANNOTATION])
 
@@ -263,37 +253,23 @@ def test_secret_refs_default_their_keys_like_the_crd() -> None:
 def test_hash_changes_with_the_config() -> None:
     changed = copy.deepcopy(FULL)
     changed["targets"][1]["url"] = "http://elsewhere.data.svc/ingest"
-    assert pod_template_hash(FULL, VERSIONS) != pod_template_hash(changed, VERSIONS)
+    assert pod_template_hash(FULL) != pod_template_hash(changed)
 
 
-def test_hash_changes_when_a_secret_is_rotated_or_replaced() -> None:
-    rotated = {**VERSIONS, "mailtrap-signing": SecretVersion("uid-signing", "200")}
-    assert pod_template_hash(FULL, VERSIONS) != pod_template_hash(FULL, rotated)
-    # Deleted and created again: a new object, even if etcd reused the number.
-    replaced = {**VERSIONS, "mailtrap-signing": SecretVersion("uid-other", "100")}
-    assert pod_template_hash(FULL, VERSIONS) != pod_template_hash(FULL, replaced)
-
-
-def test_hash_follows_only_the_secrets_that_were_read() -> None:
-    # The reconciler reads only the referenced Secrets; another one changes nothing.
-    unrelated = {**VERSIONS, "someone-elses": SecretVersion("uid-x", "1")}
-    assert builders.config_hash(config_text="x", secret_versions=VERSIONS) != (
-        builders.config_hash(config_text="x", secret_versions=unrelated)
-    )
-
-
-def test_the_hash_is_computed_from_public_inputs_only() -> None:
-    # No secret value goes in: the hash is in status and on the pod template, and
-    # an unsalted digest of a weak basic-auth password could be brute-forced.
-    assert set(inspect.signature(builders.config_hash).parameters) == {
-        "config_text",
-        "secret_versions",
-    }
+def test_the_hash_is_the_config_texts_alone() -> None:
+    # No Secret value nor version goes in: the receivers re-read rotated secret files
+    # themselves, and the hash is in status and on the pod template for anyone to read.
+    assert set(inspect.signature(builders.config_hash).parameters) == {"config_text"}
     children = by_kind(children_of(FULL))
     text = children["ConfigMap"]["data"][builders.CONFIG_FILE]
-    assert pod_template_hash(FULL, VERSIONS) == builders.config_hash(
-        config_text=text, secret_versions=VERSIONS
-    )
+    assert pod_template_hash(FULL) == builders.config_hash(config_text=text)
+
+
+def test_moving_a_secret_reference_changes_the_hash() -> None:
+    # What the receiver reads from where is config; what the files hold is not.
+    changed = copy.deepcopy(FULL)
+    changed["signingSecretRef"] = {"name": "mailtrap-signing", "key": "next"}
+    assert pod_template_hash(FULL) != pod_template_hash(changed)
 
 
 @pytest.mark.parametrize(
@@ -310,13 +286,7 @@ def test_the_hash_is_computed_from_public_inputs_only() -> None:
 )
 def test_hash_ignores_what_the_receiver_does_not_read(key: str, value: Any) -> None:
     changed = {**FULL, key: value}
-    assert pod_template_hash(FULL, VERSIONS) == pod_template_hash(changed, VERSIONS)
-
-
-def test_hash_input_boundaries_do_not_run_together() -> None:
-    a = builders.config_hash(config_text="x", secret_versions={"ab": SecretVersion("c", "1")})
-    b = builders.config_hash(config_text="x", secret_versions={"a": SecretVersion("bc", "1")})
-    assert a != b
+    assert pod_template_hash(FULL) == pod_template_hash(changed)
 
 
 # --- children: common metadata ---------------------------------------------------------
@@ -620,6 +590,9 @@ def test_examples_make_configs_the_receiver_loads(path: Path, tmp_path: Path) ->
     secrets = {doc["metadata"]["name"]: doc for doc in documents if doc["kind"] == "Secret"}
     for ref in builders.secret_refs(resource["spec"]):
         assert ref.key in secrets[ref.name]["stringData"], f"{path.name}: {ref}"
+        # The opt-in without which the operator would refuse the Secret.
+        labels = secrets[ref.name]["metadata"]["labels"]
+        assert labels == {SECRET_OPT_IN_LABEL: SECRET_OPT_IN_VALUE}, f"{path.name}: {ref}"
     owner = owner_of(resource["spec"], name=resource["metadata"]["name"])
     text = builders.render_config(
         config=builders.build_config(spec=resource["spec"], namespace="mail"), owner=owner

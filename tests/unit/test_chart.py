@@ -131,6 +131,8 @@ def test_a_service_monitor_without_its_service_is_refused() -> None:
         ({"metrics": {"port": 70000}}, "/metrics/port"),
         ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor"),
         ({"crds": {"keep": "yes"}}, "/crds/keep"),
+        ({"policy": {"requireSecretLabel": "yes"}}, "/policy/requireSecretLabel"),
+        ({"policy": {"allowEverything": True}}, "'allowEverything' not allowed"),
     ],
 )
 def test_the_schema_refuses_wrong_values(values: dict[str, Any], complaint: str) -> None:
@@ -313,6 +315,8 @@ def test_the_operator_reads_every_variable_the_chart_sets(scenario: Path | None)
     assert parsed.receiver_image_pull_policy == receiver.get("imagePullPolicy", own_policy)
     port = container["ports"][0]["containerPort"]
     assert parsed.metrics_port == port
+    policy = values.get("policy", {})
+    assert parsed.require_secret_label == policy.get("requireSecretLabel", True)
 
 
 def test_a_receiver_image_of_its_own_keeps_the_clusters_pull_policy() -> None:

@@ -22,6 +22,22 @@ def test_defaults_watch_everything_standalone() -> None:
     assert (settings.log_format, settings.log_level) == ("json", "info")
     assert settings.metrics_port == 8080
     assert settings.priority > 0
+    assert settings.require_secret_label
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "wanted"),
+    [
+        ([], {"MAILTRAP_OPERATOR_REQUIRE_SECRET_LABEL": "false"}, False),
+        (["--require-secret-label"], {"MAILTRAP_OPERATOR_REQUIRE_SECRET_LABEL": "false"}, True),
+        (["--require-secret-label=off"], {}, False),
+        (["--require-secret-label", "true"], {}, True),
+    ],
+)
+def test_the_secret_label_requirement_is_on_unless_turned_off(
+    argv: list[str], env: dict[str, str], wanted: bool
+) -> None:
+    assert parse(argv, environ=env).require_secret_label is wanted
 
 
 def test_environment_then_flags() -> None:
@@ -57,6 +73,7 @@ def test_environment_then_flags() -> None:
         ([], {"MAILTRAP_OPERATOR_LOG_FORMAT": "xml"}),
         ([], {"MAILTRAP_OPERATOR_METRICS_PORT": "eighty"}),
         (["--api-workers", "0"], {}),
+        ([], {"MAILTRAP_OPERATOR_REQUIRE_SECRET_LABEL": "maybe"}),
     ],
 )
 def test_bad_values_stop_with_a_usage_error(argv: list[str], env: dict[str, str]) -> None:
@@ -85,8 +102,8 @@ def test_retry_backoff_grows_and_is_capped() -> None:
 
 
 def test_kopf_connection_pool_leaves_room_for_every_watch() -> None:
-    # One watch per kind per namespace (6 children, MailtrapWebhooks, Secrets, peering).
+    # One watch per kind per namespace (6 children, MailtrapWebhooks, peering); no Secrets.
     everywhere = connection_limit(parse([], environ={}))
     three = connection_limit(parse(["--namespaces", "a,b,c"], environ={}))
-    assert everywhere - REQUEST_CONNECTIONS >= 9
-    assert three - REQUEST_CONNECTIONS >= 27
+    assert everywhere - REQUEST_CONNECTIONS >= 8
+    assert three - REQUEST_CONNECTIONS >= 24

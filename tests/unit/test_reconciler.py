@@ -3,8 +3,9 @@
 The integration tests run the operator against a real API server, which cannot
 be made to fail on cue; here `FakeApi` answers the few calls the reconciler
 makes and fails them while ``down`` is set. What is checked: a child deleted
-(or a Secret rotated) while the API is down is put back once it answers again,
-without any new event; and which reason a failed request is reported with.
+while the API is down is put back once it answers again, without any new event;
+which reason a failed request is reported with; what a referenced Secret must be
+(present, opted in, holding the key) and how soon a Secret problem is retried.
 """
 
 from __future__ import annotations
@@ -17,17 +18,20 @@ from typing import Any
 
 import pytest
 
+from mailtrap_operator.builders import secret_refs
 from mailtrap_operator.kubeapi import ApiError
 from mailtrap_operator.metrics import OperatorMetrics
-from mailtrap_operator.reconciler import Reconciler, api_problem
-from mailtrap_operator.resources import (
-    Kind,
-    Owner,
-    OwnerKey,
-    SecretData,
-    SecretVersion,
+from mailtrap_operator.reconciler import (
+    MAX_RETRY_DELAY,
+    SECRET_RETRY_DELAY,
+    Reconciler,
+    api_problem,
+    retry_delay,
+    secret_problem,
 )
+from mailtrap_operator.resources import Kind, Owner, OwnerKey, SecretInfo
 from mailtrap_operator.settings import Settings
+from mailtrap_operator.status import Problem
 from tests.helpers.waiting import eventually
 
 NAMESPACE, NAME = "mail", "hooks"
@@ -51,8 +55,7 @@ class FakeApi:
     def __init__(self) -> None:
         self.down = False
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        self.secrets = {"signing": {"signing-secret": b"fake-1"}}
-        self.secret_versions = {"signing": 1}
+        self.secrets = {"signing": SecretInfo(keys=frozenset({"signing-secret"}), opted_in=True)}
         self.status: dict[str, Any] = {}
         self.events: list[str] = []
         self.applies = 0
@@ -77,12 +80,9 @@ class FakeApi:
         self._check()
         return self.objects.pop((kind.kind, name), None) is not None
 
-    async def read_secret(self, *, namespace: str, name: str) -> SecretData | None:
+    async def read_secret(self, *, namespace: str, name: str) -> SecretInfo | None:
         self._check()
-        if name not in self.secrets:
-            return None
-        version = SecretVersion(uid=f"uid-{name}", resource_version=str(self.secret_versions[name]))
-        return SecretData(data=dict(self.secrets[name]), version=version)
+        return self.secrets.get(name)
 
     async def read_owner(self, *, namespace: str, name: str) -> dict[str, Any] | None:
         self._check()
@@ -116,7 +116,7 @@ async def setup() -> Any:
         api=api,  # type: ignore[arg-type]
         metrics=OperatorMetrics(),
         clock=_clock,
-        backoff=lambda attempt: 0.02,
+        backoff=lambda attempt, problem: 0.02,
     )
     assert await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create") is None
     yield api, reconciler
@@ -152,27 +152,6 @@ async def test_a_child_deleted_while_the_api_is_down_comes_back_once_it_answers(
     await eventually(lambda: not reconciler._retrying, within=3)
 
 
-async def test_a_secret_rotated_while_the_api_is_down_is_rolled_out_once_it_answers(
-    setup: Any,
-) -> None:
-    api, reconciler = setup
-    before = api.status["configHash"]
-    api.secrets["signing"] = {"signing-secret": b"fake-2"}
-    api.secret_versions["signing"] = 2
-    api.down = True
-    body = {"metadata": {"name": "signing", "namespace": NAMESPACE}, "data": {}}
-    body["data"]["signing-secret"] = "ZmFrZS0y"  # base64 of the new value
-    await reconciler.on_secret_event(
-        event_type="MODIFIED",
-        body=body,
-        owners=[OWNER],
-        find_owner=_find_owner,
-        known_children=_known,
-    )
-    api.down = False
-    await eventually(lambda: api.status["configHash"] != before, within=3)
-
-
 async def test_no_retry_for_what_only_a_spec_change_can_fix(setup: Any) -> None:
     api, reconciler = setup
     deployment = api.objects[("Deployment", "hooks-receiver")]
@@ -206,3 +185,76 @@ def test_api_errors_are_reported_by_what_would_fix_them(
     assert str(error) in problem.message
     if reason == "Forbidden":
         assert "RBAC" in problem.message
+
+
+# --- Secrets -----------------------------------------------------------------------------
+
+SPEC = {
+    "signingSecretRef": {"name": "signing"},
+    "basicAuthSecretRef": {"name": "basic"},
+    "targets": [{"name": "a", "url": "http://a/", "signingSecretRef": {"name": "db-creds"}}],
+}
+
+
+def info(*keys: str, opted_in: bool = True) -> SecretInfo:
+    return SecretInfo(keys=frozenset(keys), opted_in=opted_in)
+
+
+def problem_of(secrets: dict[str, SecretInfo | None], *, require_label: bool = True) -> Any:
+    return secret_problem(
+        namespace="team-a", refs=secret_refs(SPEC), secrets=secrets, require_label=require_label
+    )
+
+
+def test_secrets_that_opted_in_and_hold_the_keys_are_no_problem() -> None:
+    secrets = {
+        "signing": info("signing-secret"),
+        "basic": info("credentials"),
+        "db-creds": info("signing-secret"),
+    }
+    assert problem_of(secrets) is None
+
+
+def test_a_secret_without_the_opt_in_label_is_refused_with_the_command_that_labels_it() -> None:
+    secrets = {
+        "signing": info("signing-secret"),
+        "basic": info("credentials"),
+        "db-creds": info("password", opted_in=False),
+    }
+    problem = problem_of(secrets)
+    assert problem.reason == "SecretNotLabelled"
+    assert not problem.permanent
+    assert "spec.targets[0].signingSecretRef" in problem.message
+    assert (
+        "kubectl -n team-a label secret db-creds mailtrap.io/webhook-secret=true" in problem.message
+    )
+    # Nothing about the keys of a Secret that did not opt in: no probing by reference.
+    assert "signing-secret" not in problem.message
+    assert "password" not in problem.message
+    assert problem_of(secrets, require_label=False).reason == "SecretKeyMissing"
+
+
+def test_missing_secrets_come_first_then_unlabelled_then_missing_keys() -> None:
+    secrets: dict[str, SecretInfo | None] = {
+        "signing": None,
+        "basic": info("wrong-key"),
+        "db-creds": info(opted_in=False),
+    }
+    problem = problem_of(secrets)
+    assert problem.reason == "SecretMissing"
+    assert problem.message.count(";") == 2
+    assert 'Secret "signing" not found in namespace "team-a"' in problem.message
+    assert 'Secret "basic" has no key "credentials"' in problem.message
+    del secrets["signing"]
+    assert problem_of(secrets).reason == "SecretMissing"  # not found is not found
+    secrets["signing"] = info("signing-secret")
+    assert problem_of(secrets).reason == "SecretNotLabelled"
+
+
+def test_secret_problems_are_retried_soon_and_others_back_off_further() -> None:
+    secret = Problem("SecretNotLabelled", "x")
+    other = Problem("ChildConflict", "x")
+    assert [retry_delay(n, secret) for n in range(6)] == [5.0, 10.0, 20.0, 30.0, 30.0, 30.0]
+    assert max(retry_delay(n, secret) for n in range(50)) == SECRET_RETRY_DELAY
+    assert max(retry_delay(n, other) for n in range(50)) == MAX_RETRY_DELAY
+    assert retry_delay(3, other) == 40.0
