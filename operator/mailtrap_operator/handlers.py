@@ -17,7 +17,8 @@ kopf's ``memo``.
 Secrets are not watched: see `reconciler` for why nothing needs to be.
 
 Two indexes answer "who owns what" without reading the API: owners by
-(namespace, name), and children by owner.
+(namespace, name), and children (with their uid and their controller's uid) by
+owner, which `reconciler` checks before it writes any child (see `ownership`).
 """
 
 from __future__ import annotations
@@ -144,7 +145,10 @@ def mtwh_children(
     *, body: kopf.Body, name: str, resource: kopf.Resource, **_: Any
 ) -> dict[OwnerKey, ChildRef] | None:
     owner = controller_owner(body)
-    return {owner[0]: (str(resource.kind), name)} if owner is not None else None
+    if owner is None:
+        return None
+    uid = str((body.get("metadata") or {}).get("uid") or "")
+    return {owner[0]: ChildRef(str(resource.kind), name, uid, owner[1])}
 
 
 # --- MailtrapWebhooks ---------------------------------------------------------------

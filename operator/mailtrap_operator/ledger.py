@@ -1,8 +1,8 @@
 """What this operator process last applied and wrote, kept in memory.
 
 Watch events do not say who made a change. The ledger remembers, for every
-child the `reconciler` applied, the ``resourceVersion`` and ``generation`` the
-API server answered with, so a later event (reduced to a `ChildState`) can be
+child the `reconciler` applied, the ``uid``, ``resourceVersion`` and
+``generation`` the API server answered with, so a later event (reduced to a `ChildState`) can be
 told apart: our own write (or an older event still in flight) is ignored; a
 newer spec generation, a newer version of an object without one (ConfigMap,
 Service), a lost label or a lost owner reference is a hand edit and triggers a
@@ -42,6 +42,7 @@ class AppliedChild:
     owner: OwnerKey
     resource_version: str
     generation: int | None
+    uid: str = ""  # which object it was: the next write is conditioned on it
 
 
 @dataclass
@@ -183,9 +184,13 @@ class Ledger:
     # -- children --
 
     def record_applied(self, *, kind: str, owner: OwnerKey, body: Mapping[str, Any]) -> None:
-        key, resource_version, generation = _identity(kind, body.get("metadata") or {})
+        meta = body.get("metadata") or {}
+        key, resource_version, generation = _identity(kind, meta)
         self._children[key] = AppliedChild(
-            owner=owner, resource_version=resource_version, generation=generation
+            owner=owner,
+            resource_version=resource_version,
+            generation=generation,
+            uid=str(meta.get("uid") or ""),
         )
         self._by_owner.setdefault(owner, set()).add(key)
 

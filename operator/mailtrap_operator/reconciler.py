@@ -37,19 +37,21 @@ import asyncio
 import datetime
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-from . import builders, status
+from . import builders, ownership, status
 from .kubeapi import ApiError, KubeApi
 from .ledger import ChildKey, ChildState, Ledger, OwnerRecord, drift
 from .logs import get_logger
 from .metrics import OperatorMetrics
 from .resources import (
     DEPLOYMENT,
+    FIELD_MANAGER,
     KINDS_BY_NAME,
     SECRET_OPT_IN_LABEL,
     SECRET_OPT_IN_VALUE,
     SERVICE_MONITOR,
+    Kind,
     Owner,
     OwnerKey,
     SecretInfo,
@@ -58,8 +60,23 @@ from .settings import Settings
 
 log = get_logger(__name__)
 
-ChildRef = tuple[str, str]  # (kind, name), as kopf's children index holds them
+
+class ChildRef(NamedTuple):
+    """A child as kopf's children index holds it, under its controller's key."""
+
+    kind: str
+    name: str
+    uid: str
+    owner_uid: str  # the controller MailtrapWebhook's uid
+
+
+# Races lost in a row before giving up for now: the object at a name changed
+# between the owner check and the write (each time, the check is made again).
+WRITE_ATTEMPTS: Final = 3
 SECRET_PROBLEMS: Final = frozenset({"SecretMissing", "SecretKeyMissing", "SecretNotLabelled"})
+# Problems for people to fix in the spec or beside it (outcome "degraded"), rather
+# than the API failing (outcome "error").
+DEGRADED_PROBLEMS: Final = SECRET_PROBLEMS | {"InvalidSpec", "ChildConflict"}
 MAX_RETRY_DELAY: Final = 300.0
 # Creating or labelling a Secret is not watched: the retry notices it, this soon.
 SECRET_RETRY_DELAY: Final = 30.0
@@ -235,6 +252,9 @@ class Reconciler:
                 await self._apply(owner, known_children, record, previous, first)
         except builders.SpecError as error:
             problem = status.Problem("InvalidSpec", str(error), permanent=True)
+        except ownership.ChildConflict as error:
+            # Retried: the other object may go (garbage collection of a leftover).
+            problem = status.Problem("ChildConflict", str(error))
         except ApiError as error:
             if error.namespace_terminating:
                 # The namespace controller deletes children before their owner;
@@ -251,7 +271,7 @@ class Reconciler:
         elapsed = time.monotonic() - started
         if problem is None:
             outcome = "success"
-        elif problem.reason in SECRET_PROBLEMS or problem.reason == "InvalidSpec":
+        elif problem.reason in DEGRADED_PROBLEMS:
             outcome = "degraded"
         else:
             outcome = "error"
@@ -304,31 +324,50 @@ class Reconciler:
             image_pull_policy=self.settings.receiver_image_pull_policy or None,
         )
 
+        # Every child is checked before any is written: a name held by someone
+        # else stops the whole apply (no half-applied state) and is reported.
+        wanted = [(KINDS_BY_NAME[manifest["kind"]], manifest) for manifest in children.manifests]
+        # ServiceMonitors are not watched: after a restart only a read can tell
+        # whether one of ours is left over.
+        unwanted = [
+            kind
+            for kind in sorted(children.unwanted, key=lambda k: k.kind)
+            if kind.watched or (monitors and (first or self._applied(owner, kind) is not None))
+        ]
+        known = self._known(owner, known_children)
+        claims = await asyncio.gather(
+            *(self._claim(owner, kind, known) for kind, _ in wanted),
+            *(self._claim(owner, kind, known, read=not kind.watched) for kind in unwanted),
+        )
+        conflicts = [
+            ownership.conflict_message(kind.kind, builders.child_name(owner.name), claim.holder)
+            for (kind, _), claim in zip(wanted, claims, strict=False)
+            if claim.action is ownership.Action.CONFLICT
+        ]
+        if conflicts:
+            raise ownership.ChildConflict("; ".join(conflicts) + ".")
+
         deployment: Mapping[str, Any] = {}
-        for manifest in children.manifests:
-            kind = KINDS_BY_NAME[manifest["kind"]]
-            body = await self.api.apply(manifest=manifest, kind=kind)
+        for (kind, manifest), claim in zip(wanted, claims, strict=False):
+            body = await self._write(owner, kind, manifest, claim)
             self.ledger.record_applied(kind=kind.kind, owner=owner.key, body=body)
             if kind is DEPLOYMENT:
                 deployment = body
 
         name = builders.child_name(owner.name)
-        known = set(known_children) | {
-            (kind, child) for kind, _, child in self.ledger.children_of(owner.key)
-        }
-        for kind in sorted(children.unwanted, key=lambda k: k.kind):
-            # ServiceMonitors are not watched, so after a restart only a delete
-            # attempt can tell whether one is left over.
-            unknown_monitor = kind is SERVICE_MONITOR and monitors and first
-            if (kind.kind, name) in known or unknown_monitor:
-                self.ledger.forget_child((kind.kind, owner.namespace, name))
-                if await self.api.delete(kind=kind, namespace=owner.namespace, name=name):
-                    log.info(
-                        "deleted unwanted child",
-                        namespace=owner.namespace,
-                        name=owner.name,
-                        kind=kind.kind,
-                    )
+        for kind, claim in zip(unwanted, claims[len(wanted) :], strict=True):
+            if claim.action is not ownership.Action.APPLY:
+                continue  # nothing there, or not ours to delete
+            self.ledger.forget_child((kind.kind, owner.namespace, name))
+            if await self.api.delete(
+                kind=kind, namespace=owner.namespace, name=name, uid=claim.uid
+            ):
+                log.info(
+                    "deleted unwanted child",
+                    namespace=owner.namespace,
+                    name=owner.name,
+                    kind=kind.kind,
+                )
 
         new = status.build_status(
             previous=previous,
@@ -366,6 +405,114 @@ class Reconciler:
                 "spec.serviceMonitor.enabled is true but the cluster does not serve "
                 "monitoring.coreos.com/v1 ServiceMonitors (is the Prometheus Operator installed?).",
             )
+
+    # -- children: who holds each name, and writes conditioned on it --
+
+    def _known(
+        self, owner: Owner, known_children: Iterable[ChildRef]
+    ) -> dict[str, ownership.Found]:
+        """What kopf's children index knows at this owner's child name, by kind."""
+        name = builders.child_name(owner.name)
+        return {
+            child.kind: ownership.Found.of(owner, uid=child.uid, owner_uid=child.owner_uid)
+            for child in known_children
+            if child.name == name
+        }
+
+    def _applied(self, owner: Owner, kind: Kind) -> ownership.Found | None:
+        """What this process last applied at the child name, if anything."""
+        applied = self.ledger.applied((kind.kind, owner.namespace, builders.child_name(owner.name)))
+        if applied is None or not applied.uid:
+            return None
+        return ownership.Found.of(owner, uid=applied.uid, owner_uid=owner.uid)
+
+    async def _claim(
+        self,
+        owner: Owner,
+        kind: Kind,
+        known: Mapping[str, ownership.Found],
+        *,
+        read: bool = True,
+    ) -> ownership.Claim:
+        """Whose object is at the child name, from the index, the ledger, or a read.
+
+        The index holds only labelled children with a MailtrapWebhook controller,
+        and may lag behind our own writes (which the ledger has): anything neither
+        knows is read, unless ``read`` is off (an unwanted watched kind, which the
+        index would hold if it were ours).
+        """
+        found = known.get(kind.kind) or self._applied(owner, kind)
+        if found is None and read:
+            found = await self._read_child(owner, kind)
+        return ownership.claim(found, owner)
+
+    async def _read_child(self, owner: Owner, kind: Kind) -> ownership.Found | None:
+        body = await self.api.read(
+            kind=kind, namespace=owner.namespace, name=builders.child_name(owner.name)
+        )
+        return None if body is None else ownership.Found.from_body(body)
+
+    async def _write(
+        self, owner: Owner, kind: Kind, manifest: Mapping[str, Any], claim: ownership.Claim
+    ) -> dict[str, Any]:
+        """Create or apply one child as ``claim`` allows; when the object at its name
+        changed in between (a create finds it taken, an apply finds another uid),
+        check again and go by the new answer."""
+        name = builders.child_name(owner.name)
+        for _ in range(WRITE_ATTEMPTS):
+            if claim.action is ownership.Action.CONFLICT:
+                break
+            try:
+                if claim.action is ownership.Action.CREATE:
+                    body = await self.api.create(manifest=manifest, kind=kind)
+                else:
+                    meta = {**manifest["metadata"], "uid": claim.uid}
+                    body = await self.api.apply(manifest={**manifest, "metadata": meta}, kind=kind)
+            except ApiError as error:
+                if not (error.already_exists or error.uid_mismatch):
+                    raise
+                log.info(
+                    "child changed hands",
+                    namespace=owner.namespace,
+                    name=owner.name,
+                    kind=kind.kind,
+                )
+                self.ledger.forget_child((kind.kind, owner.namespace, name))
+                claim = ownership.claim(await self._read_child(owner, kind), owner)
+            else:
+                return await self._settle_fields(kind, body)
+        holder = claim.holder or "it kept changing while being written"
+        raise ownership.ChildConflict(ownership.conflict_message(kind.kind, name, holder) + ".")
+
+    async def _settle_fields(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
+        """A created child's fields handed to our apply, which can then remove them.
+
+        Conditioned on the version just seen, and controllers write a new object's
+        status at once: a lost race reads the object again. One that keeps losing is
+        left for the next write, whose answer is folded the same way.
+        """
+        for _ in range(WRITE_ATTEMPTS):
+            meta = body.get("metadata") or {}
+            folded = ownership.fold_managed_fields(meta.get("managedFields") or (), FIELD_MANAGER)
+            if folded is None:
+                return body
+            namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+            try:
+                return await self.api.set_managed_fields(
+                    kind=kind,
+                    namespace=namespace,
+                    name=name,
+                    resource_version=str(meta.get("resourceVersion", "")),
+                    entries=folded,
+                )
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+            fresh = await self.api.read(kind=kind, namespace=namespace, name=name)
+            if fresh is None:
+                break
+            body = fresh
+        return body
 
     async def _report_problem(
         self,

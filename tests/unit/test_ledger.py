@@ -16,6 +16,7 @@ def child(
     meta: dict[str, Any] = {
         "name": "hooks-receiver",
         "namespace": "mail",
+        "uid": "child-uid",
         "resourceVersion": version,
         "labels": labels
         if labels is not None
@@ -106,7 +107,9 @@ def test_records_follow_what_was_applied_and_are_forgotten_with_the_owner() -> N
     record.status = {"observedGeneration": 1}
     ledger.record_applied(kind="Deployment", owner=OWNER, body=child(generation=5, version="7"))
     key = ("Deployment", "mail", "hooks-receiver")
-    assert ledger.applied(key) == AppliedChild(owner=OWNER, resource_version="7", generation=5)
+    assert ledger.applied(key) == AppliedChild(
+        owner=OWNER, resource_version="7", generation=5, uid="child-uid"
+    )
     assert ledger.children_of(OWNER) == (key,)
     assert ledger.owner(OWNER, uid="u1") is record
     ledger.forget_owner(OWNER)
