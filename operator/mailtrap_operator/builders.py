@@ -8,8 +8,10 @@ manifests to `kubeapi` for server-side apply.
 The receiver's config file is the spec minus the keys that only shape
 Kubernetes objects (`mailtrap_receiver.config.OPERATOR_ONLY_KEYS`), with every
 ``...SecretRef`` replaced by a ``...SecretFile`` path where the Deployment mounts
-that Secret key. Secret values never reach the builders: the config holds paths,
-and the pod-template hash covers the config text alone (see `config_hash`).
+that Secret key, plus the addresses targets may not be at, from the operator's
+settings (``deniedTargetRanges``, which no spec can set). Secret values never
+reach the builders: the config holds paths, and the pod-template hash covers the
+config text alone (see `config_hash`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,12 @@ from typing import Any, Final
 
 import yaml
 
-from mailtrap_receiver.config import OPERATOR_ONLY_KEYS, parse_duration
+from mailtrap_receiver.config import (
+    OPERATOR_INJECTED_KEYS,
+    OPERATOR_ONLY_KEYS,
+    IPNetwork,
+    parse_duration,
+)
 from mailtrap_receiver.sinks import CLOUDEVENTS_SOURCE_ENV
 
 from .resources import (
@@ -184,11 +191,21 @@ def _secret_file(ref: Mapping[str, Any], default_key: str) -> str:
     ).mount_path
 
 
-def build_config(*, spec: Mapping[str, Any], namespace: str) -> dict[str, Any]:
-    """The receiver's config: the receiver keys of the spec, Secret refs turned into paths."""
+def build_config(
+    *,
+    spec: Mapping[str, Any],
+    namespace: str,
+    denied_target_ranges: Sequence[IPNetwork] = (),
+) -> dict[str, Any]:
+    """The receiver's config: the receiver keys of the spec, Secret refs turned into
+    paths, and the operator's own ``deniedTargetRanges`` (never the spec's)."""
     config = {
-        key: copy.deepcopy(value) for key, value in spec.items() if key not in OPERATOR_ONLY_KEYS
+        key: copy.deepcopy(value)
+        for key, value in spec.items()
+        if key not in OPERATOR_ONLY_KEYS and key not in OPERATOR_INJECTED_KEYS
     }
+    if denied_target_ranges:
+        config["deniedTargetRanges"] = [str(network) for network in denied_target_ranges]
     signing = config.pop("signingSecretRef", None)
     if signing:
         config["signingSecretFile"] = _secret_file(signing, DEFAULT_SIGNING_KEY)

@@ -5,11 +5,12 @@ uses the others to do it: `builders` for the manifests, `kubeapi` for every
 API request, `status` for what to report, the `ledger` to tell our own writes
 from hand edits, `metrics` to count. The two entry points:
 
-- `Reconciler.reconcile`: check that the referenced Secrets exist, opted in and
+- `Reconciler.reconcile`: check the spec against the platform's policy
+  (`policy_problem`), check that the referenced Secrets exist, opted in and
   hold the keys (`secret_problem`; their values are never read), build and
   server-side apply the children, delete the optional ones no longer wanted,
-  write status, post Events. A Secret problem or an invalid spec is not an
-  exception here: it becomes the Degraded condition, a Warning Event and the
+  write status, post Events. A policy violation, a Secret problem or an invalid
+  spec is not an exception here: it becomes the Degraded condition, a Warning Event and the
   returned `Problem`, which the kopf handler turns into a retry (or none, when
   only a spec change can help). Nothing is applied while a reference is broken,
   so there is never a half-applied state.
@@ -39,7 +40,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Final, NamedTuple
 
-from . import builders, ownership, status
+from . import builders, ownership, policy, status
 from .kubeapi import ApiError, KubeApi
 from .ledger import ChildKey, ChildState, Ledger, OwnerRecord, drift
 from .logs import get_logger
@@ -76,7 +77,7 @@ WRITE_ATTEMPTS: Final = 3
 SECRET_PROBLEMS: Final = frozenset({"SecretMissing", "SecretKeyMissing", "SecretNotLabelled"})
 # Problems for people to fix in the spec or beside it (outcome "degraded"), rather
 # than the API failing (outcome "error").
-DEGRADED_PROBLEMS: Final = SECRET_PROBLEMS | {"InvalidSpec", "ChildConflict"}
+DEGRADED_PROBLEMS: Final = SECRET_PROBLEMS | {"InvalidSpec", "PolicyViolation", "ChildConflict"}
 MAX_RETRY_DELAY: Final = 300.0
 # Creating or labelling a Secret is not watched: the retry notices it, this soon.
 SECRET_RETRY_DELAY: Final = 30.0
@@ -247,7 +248,9 @@ class Reconciler:
         problem: status.Problem | None = None
         try:
             builders.validate(owner)
-            problem = await self._check_secrets(owner)
+            problem = policy_problem(owner, self.settings.policy)
+            if problem is None:
+                problem = await self._check_secrets(owner)
             if problem is None:
                 await self._apply(owner, known_children, record, previous, first)
         except builders.SpecError as error:
@@ -300,7 +303,7 @@ class Reconciler:
             namespace=owner.namespace,
             refs=refs,
             secrets=dict(zip(names, found, strict=True)),
-            require_label=self.settings.require_secret_label,
+            require_label=self.settings.policy.require_secret_label,
         )
 
     async def _apply(
@@ -311,7 +314,11 @@ class Reconciler:
         previous: Mapping[str, Any],
         first: bool,
     ) -> None:
-        config = builders.build_config(spec=owner.spec, namespace=owner.namespace)
+        config = builders.build_config(
+            spec=owner.spec,
+            namespace=owner.namespace,
+            denied_target_ranges=self.settings.policy.denied_target_cidrs,
+        )
         config_text = builders.render_config(config=config, owner=owner)
         config_hash = builders.config_hash(config_text=config_text)
         monitors = await self.api.served(kind=SERVICE_MONITOR)
@@ -701,6 +708,16 @@ def api_problem(error: ApiError) -> status.Problem:
             "check the operator's RBAC (the chart's ClusterRole or Roles).",
         )
     return status.Problem("ApiUnavailable", f"The Kubernetes API answered {error}")
+
+
+def policy_problem(owner: Owner, rules: policy.Policy) -> status.Problem | None:
+    """The spec's violations of the platform's policy, as one permanent problem: only
+    a spec change (or other operator settings, after a restart) can fix it."""
+    violations = policy.check(owner.spec, namespace=owner.namespace, policy=rules)
+    if not violations:
+        return None
+    message = "; ".join(str(violation) for violation in violations) + "."
+    return status.Problem("PolicyViolation", message, permanent=True)
 
 
 def secret_problem(

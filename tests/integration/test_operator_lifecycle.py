@@ -31,7 +31,13 @@ from tests.helpers.operator import (
 pytestmark = pytest.mark.integration
 
 # The ServiceMonitor test installs that CRD mid-module: check for it every second.
-OPERATOR_ARGS = ["--discovery-ttl", "1"]
+# The pod label and annotation the tests set are allowed by the platform's policy
+# (kwok reads test.mailtrap.io/not-ready to keep a Pod not Ready).
+OPERATOR_ARGS = [
+    "--discovery-ttl=1",
+    "--allowed-pod-labels=team",
+    "--allowed-pod-annotations=test.mailtrap.io/not-ready",
+]
 
 NAME = "hooks"
 CHILD = f"{NAME}-receiver"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import ipaddress
 import posixpath
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,14 @@ def test_config_is_the_spec_without_operator_keys_and_with_secret_files() -> Non
     assert config["targets"][2]["service"]["namespace"] == "security"  # kept when given
     assert config["delivery"] == FULL["delivery"]
     assert FULL["targets"][0]["service"].get("namespace") is None  # the spec is not mutated
+
+
+def test_the_operators_denied_ranges_go_into_the_config_and_never_the_specs() -> None:
+    denied = [ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("::1/128")]
+    spec = {**MINIMAL, "deniedTargetRanges": ["0.0.0.0/32"]}  # the CRD would prune it
+    config = builders.build_config(spec=spec, namespace="mail", denied_target_ranges=denied)
+    assert config["deniedTargetRanges"] == ["169.254.0.0/16", "::1/128"]
+    assert "deniedTargetRanges" not in builders.build_config(spec=spec, namespace="mail")
 
 
 @pytest.mark.parametrize("spec", [MINIMAL, FULL], ids=["minimal", "full"])

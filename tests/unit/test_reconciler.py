@@ -204,6 +204,22 @@ def test_lost_races_are_told_from_refusals(error: ApiError, kind: str) -> None:
     assert error.rejected is (kind == "rejected")
 
 
+async def test_a_policy_violation_stops_before_anything_is_read_or_written(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    evil = Owner(**{**OWNER.__dict__, "spec": {**OWNER.spec, "image": "evil.example/x:1"}})
+    reads = []
+    api.read_secret = lambda **kwargs: reads.append(kwargs)  # type: ignore[method-assign]
+    problem = await reconciler.reconcile(owner=evil, known_children=(), trigger="create")
+    assert problem is not None
+    assert (problem.reason, problem.permanent) == ("PolicyViolation", True)
+    assert "spec.image" in problem.message
+    assert "--allow-image-override" in problem.message
+    assert reads == []
+    assert api.writes == []
+    await eventually(lambda: ("PolicyViolation", problem.message) in api.events, within=3)
+
+
 # --- who owns what ---------------------------------------------------------------------
 
 
