@@ -7,9 +7,11 @@ on a key without a test failing here.
 
 from __future__ import annotations
 
+import base64
 import copy
 import inspect
 import ipaddress
+import json
 import posixpath
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,9 @@ import pytest
 import yaml
 
 from mailtrap_operator import builders
+from mailtrap_operator.metrics import OperatorMetrics
+from mailtrap_operator.policy import Policy
+from mailtrap_operator.reconciler import Reconciler
 from mailtrap_operator.resources import (
     INGRESS,
     NETWORK_POLICY,
@@ -27,7 +32,12 @@ from mailtrap_operator.resources import (
     SERVICE_MONITOR,
     Owner,
 )
+from mailtrap_operator.settings import Settings
 from mailtrap_receiver.config import OPERATOR_ONLY_KEYS, load_config
+from tests.helpers.canary import canary
+from tests.helpers.canary import leaks as canary_leaks
+from tests.helpers.fakeapi import FakeApi, secret_body
+from tests.helpers.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((REPO / "crds/mailtrapwebhooks.mailtrap.io.yaml").read_text())
@@ -113,10 +123,11 @@ FULL: dict[str, Any] = {
 }
 del FULL["targets"][1]["service"]  # listed above only to show the url target has none
 
+# Every key FULL references; test_config_text_never_holds_secret_values fills them.
 SECRETS = {
-    ("mailtrap-signing", "current"): b"whsec-fake-1",
-    ("target-signing", "hmac"): b"target-fake",
-    ("mailtrap-basic", "credentials"): b"user:fake",
+    ("mailtrap-signing", "current"): "signing",
+    ("target-signing", "hmac"): "target",
+    ("mailtrap-basic", "credentials"): "basic",
 }
 
 
@@ -224,16 +235,47 @@ def test_config_file_loads_with_the_receivers_own_loader(
     assert config.path == spec.get("path", builders.DEFAULT_PATH)
 
 
-def test_config_text_never_holds_secret_values() -> None:
-    owner = owner_of(FULL)
-    text = builders.render_config(
-        config=builders.build_config(spec=FULL, namespace="mail"), owner=owner
+async def test_config_text_never_holds_secret_values(capsys: pytest.CaptureFixture[str]) -> None:
+    # Through the whole reconcile, from Secrets as the API server returns them (values
+    # in base64), with the operator's own parsing of them: nothing the operator
+    # writes or logs may hold a value, in any encoding.
+    api = FakeApi("mail")
+    for (name, key), _ in SECRETS.items():
+        body = api.secrets.setdefault(name, secret_body(name, {}))
+        body["data"][key] = base64.b64encode(canary(f"{name}-{key}").encode()).decode()
+    values = [
+        base64.b64decode(v).decode() for s in api.secrets.values() for v in s["data"].values()
+    ]
+    assert len(values) == len(SECRETS)
+    assert sorted(canary_leaks(json.dumps(api.secrets), among=values)) == sorted(values)
+    api.monitors_served = True
+    # FULL uses every key: a platform that allows them all.
+    generous = Policy(
+        allow_image_override=True,
+        allowed_priority_classes=("*",),
+        allow_tolerations=True,
+        allowed_pod_labels=("*",),
+        allowed_pod_annotations=("*",),
     )
-    for value in SECRETS.values():
-        assert value.decode() not in text
-    manifests = repr(children_of(FULL).manifests)
-    for value in SECRETS.values():
-        assert value.decode() not in manifests
+    reconciler = Reconciler(
+        settings=Settings(policy=generous),
+        api=api,  # type: ignore[arg-type]
+        metrics=OperatorMetrics(),
+    )
+    try:
+        owner = Owner(namespace="mail", name="transactional", uid="u", generation=1, spec=FULL)
+        assert await reconciler.reconcile(owner=owner, known_children=(), trigger="create") is None
+        await eventually(lambda: bool(api.events))
+    finally:
+        await reconciler.close()
+    manifests = list(api.objects.values())
+    assert {manifest["kind"] for manifest in manifests} >= {"ConfigMap", "Deployment"}
+    config_text = next(m for m in manifests if m["kind"] == "ConfigMap")["data"][
+        builders.CONFIG_FILE
+    ]
+    assert "/var/run/secrets/mailtrap-receiver/mailtrap-signing/current" in config_text
+    written = json.dumps([manifests, api.status, api.events]) + capsys.readouterr().out
+    assert canary_leaks(written, among=values) == []
 
 
 def test_secret_refs_are_listed_once_with_where_they_come_from() -> None:
