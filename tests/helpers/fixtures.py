@@ -1,4 +1,4 @@
-"""pytest fixtures shared by the receiver's unit and integration tests.
+"""pytest fixtures shared by the unit, integration and security tests.
 
 A conftest.py imports the ones it needs (``from tests.helpers.fixtures import
 secret_file, target``), so each test folder gets them without a root plugin.
@@ -6,12 +6,12 @@ secret_file, target``), so each test folder gets them without a root plugin.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.targets import RecordingTarget
+from tests.helpers.targets import LoopbackTarget, RecordingTarget
 from tests.helpers.webhooks import SECRET
 
 
@@ -33,3 +33,13 @@ async def _recording_target() -> AsyncIterator[RecordingTarget]:
 target = pytest.fixture(_recording_target, name="target")
 # A separate one, for tests with two targets (isolation, per-target filters).
 second_target = pytest.fixture(_recording_target, name="second_target")
+
+
+@pytest.fixture
+def loopback_target() -> Iterator[LoopbackTarget]:
+    """A threaded HTTP target on loopback, for tests that block while it receives."""
+    server = LoopbackTarget()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -4,6 +4,7 @@
   module may set ``OPERATOR_ARGS`` to pass it flags). It must still be running
   when the module ends: a crash fails the module with the operator's log.
 - ``namespace``: a fresh namespace per test, deleted (without waiting) after it.
+- ``loopback_target``: a threaded HTTP target on loopback (tests/helpers/fixtures.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers.cluster import LocalCluster
+from tests.helpers.fixtures import loopback_target  # noqa: F401 - a fixture
 from tests.helpers.operator import OperatorProcess, start_operator
 
 

@@ -16,7 +16,6 @@ import json
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,15 +36,6 @@ OPERATOR_ARGS = ["--denied-target-cidrs=169.254.0.0/16,fe80::/10"]
 SIGNING_SECRET = "fake-receiver-test-secret"
 
 
-@pytest.fixture
-def target() -> Iterator[LoopbackTarget]:
-    server = LoopbackTarget()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
     request = urllib.request.Request(url, data=body, headers=headers, method="POST")  # noqa: S310
     try:
@@ -59,9 +49,10 @@ def test_a_signed_event_reaches_a_loopback_target_through_the_operators_pod_temp
     cluster: LocalCluster,
     operator: OperatorProcess,
     namespace: str,
-    target: LoopbackTarget,
+    loopback_target: LoopbackTarget,
     tmp_path: Path,
 ) -> None:
+    target = loopback_target
     apply(
         cluster, secret_manifest("signing", {"signing-secret": SIGNING_SECRET}), namespace=namespace
     )

@@ -31,6 +31,7 @@ import pytest
 
 from tests.helpers.chart import chart_env, fullname, install, uninstall
 from tests.helpers.cluster import LocalCluster
+from tests.helpers.fixtures import loopback_target  # noqa: F401 - a fixture
 from tests.helpers.kube import get
 from tests.helpers.operator import OperatorProcess, start_operator
 

@@ -22,6 +22,7 @@ from mailtrap_operator.kubeapi import KubeApi
 from tests.helpers.canary import canary
 from tests.helpers.cluster import LocalCluster
 from tests.helpers.kube import condition, get, secret_manifest, wait_until
+from tests.helpers.operator import events
 
 API_VERSION = "mailtrap.io/v1alpha1"
 
@@ -89,14 +90,7 @@ def degraded(
 
 
 def warning_events(cluster: LocalCluster, namespace: str, name: str) -> list[dict[str, Any]]:
-    found = get(
-        cluster,
-        "events",
-        "--field-selector",
-        f"involvedObject.kind=MailtrapWebhook,involvedObject.name={name},type=Warning",
-        namespace=namespace,
-    )
-    return list((found or {}).get("items") or ())
+    return [event for event in events(cluster, namespace, name) if event["type"] == "Warning"]
 
 
 def sign(secret: str, body: bytes) -> str:

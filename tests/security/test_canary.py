@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import json
-import uuid
 from pathlib import Path
 
 import pytest
@@ -30,6 +29,7 @@ from tests.helpers.kube import get
 from tests.helpers.operator import OperatorProcess, wait_ready
 from tests.helpers.podrunner import running_pod_template
 from tests.helpers.targets import LoopbackTarget
+from tests.helpers.webhooks import delivery_event
 from tests.security.conftest import Evidence, Tenant
 from tests.security.tenancy import post, put_secret, scrape, sign, signing_secret, webhook
 
@@ -42,9 +42,7 @@ PATH = "/webhooks/mailtrap"
 
 def provoke(url: str, secret: str, user: str, password: str) -> list[str]:
     """A signed request and every refusal the receiver gives: their bodies."""
-    body = json.dumps({"events": [{"event": "delivery", "timestamp": 1_716_915_293,
-                                   "message_id": str(uuid.uuid4()), "email": "a@example.com",
-                                   "event_id": str(uuid.uuid4())}]}).encode()  # fmt: skip
+    body = json.dumps({"events": [delivery_event()]}).encode()
     good = base64.b64encode(f"{user}:{password}".encode()).decode()
     bad = base64.b64encode(f"{user}:wrong-{password}".encode()).decode()
     json_type = {"Content-Type": "application/json"}
@@ -72,6 +70,7 @@ def test_no_secret_value_is_anywhere_the_product_writes_or_answers(
     cluster: LocalCluster,
     operator: OperatorProcess,
     tenant: Tenant,
+    loopback_target: LoopbackTarget,
     evidence: Evidence,
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
@@ -81,28 +80,24 @@ def test_no_secret_value_is_anywhere_the_product_writes_or_answers(
     forwarding = canary.canary("target")
     put_secret(cluster, tenant.namespace, "basic", {"credentials": f"{user}:{password}"})
     put_secret(cluster, tenant.namespace, "forwarding", {"signing-secret": forwarding})
-    target = LoopbackTarget()
-    try:
-        spec = {
-            "basicAuthSecretRef": {"name": "basic"},
-            "delivery": {"spoolPath": "/data/spool.db"},
-            "targets": [
-                {
-                    "name": "loopback",
-                    "url": f"http://127.0.0.1:{target.port}/events",
-                    "signingSecretRef": {"name": "forwarding"},
-                }
-            ],
-        }
-        assert tenant.apply(webhook("canary", **spec)).returncode == 0
-        wait_ready(cluster, tenant.namespace, "canary")
-        deployment = get(cluster, "deployment", "canary-receiver", namespace=tenant.namespace)
-        with running_pod_template(cluster=cluster, deployment=deployment, workdir=tmp_path) as pod:
-            for answer in provoke(pod.url("webhook", ""), secret, user, password):
-                evidence.add("receiver answer", answer)
-            evidence.add("receiver metrics", scrape(pod.url("metrics", "/metrics")))
-    finally:
-        target.close()
+    spec = {
+        "basicAuthSecretRef": {"name": "basic"},
+        "delivery": {"spoolPath": "/data/spool.db"},
+        "targets": [
+            {
+                "name": "loopback",
+                "url": f"http://127.0.0.1:{loopback_target.port}/events",
+                "signingSecretRef": {"name": "forwarding"},
+            }
+        ],
+    }
+    assert tenant.apply(webhook("canary", **spec)).returncode == 0
+    wait_ready(cluster, tenant.namespace, "canary")
+    deployment = get(cluster, "deployment", "canary-receiver", namespace=tenant.namespace)
+    with running_pod_template(cluster=cluster, deployment=deployment, workdir=tmp_path) as pod:
+        for answer in provoke(pod.url("webhook", ""), secret, user, password):
+            evidence.add("receiver answer", answer)
+        evidence.add("receiver metrics", scrape(pod.url("metrics", "/metrics")))
     evidence.add("operator metrics", operator.get("/metrics")[1])
 
     places = list(evidence.texts)

@@ -12,8 +12,6 @@ and a receiver refuses to connect to a name that resolves to a denied address.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from tests.helpers.kube import condition, get, wait_until
 from tests.helpers.operator import OperatorProcess, wait_ready
 from tests.helpers.podrunner import running_pod_template
 from tests.helpers.targets import LoopbackTarget
+from tests.helpers.webhooks import delivery_event
 from tests.security.conftest import Evidence, Tenant
 from tests.security.tenancy import (
     degraded,
@@ -158,24 +157,15 @@ def test_targets_at_denied_destinations_are_refused(
     nothing_made(cluster, tenant.namespace)
 
 
-@pytest.fixture
-def target() -> Iterator[LoopbackTarget]:
-    """A target on loopback that would answer 200."""
-    server = LoopbackTarget()
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 def test_a_receiver_never_connects_to_a_name_that_resolves_to_a_denied_address(
     cluster: LocalCluster,
     operator: OperatorProcess,
     tenant: Tenant,
-    target: LoopbackTarget,
+    loopback_target: LoopbackTarget,
     evidence: Evidence,
     tmp_path: Path,
 ) -> None:
+    target = loopback_target
     # "localhost" passes the spec check (it is a name), and resolves to loopback,
     # which the operator's default ranges deny: the receiver's own guard refuses it.
     secret = signing_secret(cluster, tenant.namespace)
@@ -185,14 +175,7 @@ def test_a_receiver_never_connects_to_a_name_that_resolves_to_a_denied_address(
     wait_ready(cluster, tenant.namespace, NAME)
     deployment = get(cluster, "deployment", CHILD, namespace=tenant.namespace)
     with running_pod_template(cluster=cluster, deployment=deployment, workdir=tmp_path) as pod:
-        event = {
-            "event": "delivery",
-            "timestamp": 1_716_915_293,
-            "message_id": str(uuid.uuid4()),
-            "email": "john.doe@example.com",
-            "event_id": str(uuid.uuid4()),
-        }
-        body = json.dumps({"events": [event]}).encode()
+        body = json.dumps({"events": [delivery_event()]}).encode()
         headers = {"Content-Type": "application/json", "Mailtrap-Signature": sign(secret, body)}
         status, answer = post(pod.url("webhook", "/webhooks/mailtrap"), body, headers)
         evidence.add("receiver answer", answer)
