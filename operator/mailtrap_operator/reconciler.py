@@ -7,13 +7,14 @@ from hand edits, `metrics` to count. The two entry points:
 
 - `Reconciler.reconcile`: check the spec against the platform's policy
   (`policy_problem`), check that the referenced Secrets exist, opted in and
-  hold the keys (`secret_problem`; their values are never read), build and
-  server-side apply the children, delete the optional ones no longer wanted,
-  write status, post Events. A policy violation, a Secret problem or an invalid
-  spec is not an exception here: it becomes the Degraded condition, a Warning Event and the
-  returned `Problem`, which the kopf handler turns into a retry (or none, when
-  only a spec change can help). Nothing is applied while a reference is broken,
-  so there is never a half-applied state.
+  hold the keys (`secret_problem`; their values are never read), check who
+  holds each child's name (`ownership`), create or server-side apply the
+  children, delete the optional ones no longer wanted, write status, post
+  Events. A policy violation, a Secret problem, a child name held by someone
+  else or an invalid spec is not an exception here: it becomes the Degraded
+  condition, a Warning Event and the returned `Problem`, which the kopf handler
+  turns into a retry (or none, when only a spec change can help). Nothing is
+  applied while any of these stands, so there is never a half-applied state.
 - `Reconciler.observe_child`: a child changed or disappeared. Noted at once, then
   handled by a task per owner: if the ledger says it was not us, reconcile the
   owner (drift repair); for a Deployment, refresh the owner's replica counts and
