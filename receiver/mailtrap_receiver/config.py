@@ -57,6 +57,7 @@ ENV_PREFIX: Final = "MAILTRAP_RECEIVER_"
 OPERATOR_ONLY_KEYS: Final[frozenset[str]] = frozenset(
     {
         "replicas",
+        "replicasManagedExternally",
         "image",
         "imagePullPolicy",
         "resources",
@@ -70,6 +71,7 @@ OPERATOR_ONLY_KEYS: Final[frozenset[str]] = frozenset(
         "podDisruptionBudget",
         "networkPolicy",
         "serviceMonitor",
+        "suspend",
     }
 )
 
