@@ -165,10 +165,12 @@ def mtwh_owners(*, body: kopf.Body, **_: Any) -> dict[OwnerKey, Owner]:
 
 def mtwh_children(
     *, body: kopf.Body, name: str, resource: kopf.Resource, **_: Any
-) -> dict[OwnerKey, ChildRef] | None:
+) -> dict[OwnerKey, ChildRef]:
     owner = controller_owner(body)
     if owner is None:
-        return None
+        # Empty, not None: kopf keeps an object's earlier entries when the function
+        # returns None, and a child orphaned since would still read as controlled.
+        return {}
     uid = str((body.get("metadata") or {}).get("uid") or "")
     return {owner[0]: ChildRef(str(resource.kind), name, uid, owner[1])}
 
