@@ -65,6 +65,7 @@ class OwnerRecord:
     status: dict[str, Any] | None = None
     written: dict[str, Any] | None = None
     written_version: str = ""  # the owner's resourceVersion our last status write made
+    written_at: float = float("-inf")  # when (monotonic) it was made
     reconciled: bool = False
     # The generation every child was last applied for: a drift repair applies only
     # the drifted child, unless the spec moved on since (then all of them).

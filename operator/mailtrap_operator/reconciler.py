@@ -117,6 +117,10 @@ SECRET_RETRY_DELAY: Final = 30.0
 # not reported for this long (an API server restart, throttling).
 API_RETRY_DELAY: Final = 30.0
 TRANSIENT_GRACE: Final = 60.0
+# Readiness refreshed from the Deployment at most this often per resource: a
+# Deployment scaled back and forth (another writer, a flapping autoscaler) cannot
+# turn into a stream of status writes.
+STATUS_REFRESH_INTERVAL: Final = 2.0
 # Status writes that failed: the first retry after this long, doubling up to the cap.
 STATUS_RETRY_FIRST: Final = 1.0
 STATUS_RETRY_MAX: Final = 30.0
@@ -181,6 +185,7 @@ class Reconciler:
         # Children whose drift waits (backoff, or a child given up on), and when the
         # owner's next look at them is due (monotonic).
         self._deferred: dict[OwnerKey, dict[ChildKey, ChildState]] = {}
+        self._refreshes: dict[OwnerKey, ChildState] = {}  # Deployment states held back
         self._wakes: dict[OwnerKey, float] = {}
         # Owners with a retry task (see the module docstring), and with a status
         # write being retried.
@@ -242,6 +247,7 @@ class Reconciler:
         self.contests.forget_owner(key)
         self.events.forget(key)
         self._deferred.pop(key, None)
+        self._refreshes.pop(key, None)
         self._wakes.pop(key, None)
         self.metrics.drift_conflicts.set(self.contests.given_up())
 
@@ -265,6 +271,14 @@ class Reconciler:
             log.info("status out of date", namespace=owner.namespace, name=owner.name)
             record.written = dict(owner.status)
             await self._flush_status(owner, record)
+
+    def catch_up(self, owner: Owner) -> None:
+        """A resync found the owner's last reconcile failed in a way a retry may fix:
+        make sure a retry comes, whoever was to make it (kopf gives up on a handler
+        whose own writes keep failing, as under heavy throttling)."""
+        record = self.ledger.known_owner(owner.key, uid=owner.uid)
+        if record is not None and record.retry is not None:
+            self._retry(owner)
 
     async def close(self) -> None:
         for task in list(self._background):
@@ -298,6 +312,7 @@ class Reconciler:
             repairs: list[tuple[ChildState, str]] = []
             gave_up = False
             rollout: status.Rollout | None = None
+            rolled: ChildState | None = None
             now = self.monotonic()
             for state in states:
                 if state.owner_uid and state.owner_uid != owner.uid:
@@ -310,7 +325,7 @@ class Reconciler:
                         and applied is not None
                         and (state.generation or 0) >= (applied.generation or 0)
                     ):
-                        rollout = state.rollout
+                        rollout, rolled = state.rollout, state
                     continue
                 verdict = self.contests.drifted(
                     state.key,
@@ -350,8 +365,13 @@ class Reconciler:
                 await self._repair(owner, record, repairs)
                 if record.retry is not None:
                     self._retry(owner)
-            elif rollout is not None:
-                await self._refresh(owner, record, rollout)
+            elif rolled is not None and rollout is not None:
+                wait = record.written_at + STATUS_REFRESH_INTERVAL - now
+                if wait > 0:
+                    self._refreshes[key] = rolled
+                    self._wake_in(key, wait)
+                else:
+                    await self._refresh(owner, record, rollout)
 
     # -- the reconcile itself --
 
@@ -839,6 +859,7 @@ class Reconciler:
         else:
             record.written = record.status
             record.written_version = _version(body)
+            record.written_at = self.monotonic()
 
     def _retry_status(self, owner: Owner, retry_after: float | None) -> None:
         if owner.key not in self._status_retrying:
@@ -878,6 +899,7 @@ class Reconciler:
                         continue
                     record.written = record.status
                     record.written_version = _version(body)
+                    record.written_at = self.monotonic()
                     log.info("status written", namespace=key[0], name=key[1], attempts=failures)
                     return
         except Exception:  # the next resync writes it (`ensure_status`)
@@ -944,6 +966,9 @@ class Reconciler:
 
     def _defer(self, key: OwnerKey, state: ChildState, delay: float) -> None:
         self._deferred.setdefault(key, {})[state.key] = state
+        self._wake_in(key, delay)
+
+    def _wake_in(self, key: OwnerKey, delay: float) -> None:
         due = self.monotonic() + delay
         current = self._wakes.get(key)
         if current is not None and current <= due:
@@ -959,6 +984,9 @@ class Reconciler:
         deferred = self._deferred.pop(key, {})
         now = self.monotonic()
         ready: list[ChildState] = []
+        refresh = self._refreshes.pop(key, None)
+        if refresh is not None and refresh.key not in self._inbox.get(key, {}):
+            ready.append(refresh)
         for child, state in deferred.items():
             left = self.contests.recheck(child, now=now)
             if left > 0:

@@ -15,8 +15,9 @@ hears it), `Resync.once`:
   changed) and hands what differs to the reconciler, which repairs that child,
   with the same backoff as for watched drift (`contest`);
 - hands over every receiver Deployment's state too, so readiness is refreshed
-  even if its events were missed, and has a status written again where the API
-  server's is not the one the operator last built (a write that was lost);
+  even if its events were missed, has a status written again where the API
+  server's is not the one the operator last built (a write that was lost), and
+  has a reconcile that failed retried if nothing else is retrying it;
 - forgets owners that no longer exist, and tells the reconciler which children
   kopf's index still holds that the list did not find (deleted while the watch
   was down), so that they are not trusted as ours.
@@ -166,6 +167,7 @@ class Resync:
                 if differs or (child[0] == DEPLOYMENT.kind and not state.deleted):
                     states.append(state)
             reconciler.observe_states(key, states)
+            reconciler.catch_up(owner)
             await reconciler.ensure_status(owner=owner)
 
         found = {state.uid for state in live.values()}
