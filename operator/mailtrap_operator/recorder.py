@@ -12,8 +12,10 @@ reaches the API server, and sends it through `kubeapi`:
   carries them. Nothing is lost, only batched, so a fight with another writer or a
   throttling API server cannot turn into a stream of Events.
 
-One task per resource writes its Events in the order they happened. An Event that
-cannot be written is logged and left: the API failing is reported elsewhere.
+One task per resource writes its Events in the order they happened. A write that
+fails transiently (throttled, no answer) is tried again after the server's
+Retry-After (or `RETRY_DELAY`), up to `ATTEMPTS` times; one refused, or failing
+longer, is logged and left: the API failing is reported elsewhere.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ AGGREGATION_WINDOW: Final = 600.0
 EVENTS_PER_MINUTE: Final = 10
 # The API server caps messages at 1 KiB.
 MAX_MESSAGE: Final = 1000
+# Writes of one Event that fail transiently before it is given up, and the wait
+# between them when the server does not say.
+ATTEMPTS: Final = 5
+RETRY_DELAY: Final = 2.0
 
 SeriesKey = tuple[str, str, str, str]  # (owner uid, type, reason, message)
 
@@ -60,6 +66,7 @@ class _Series:
     last_seen: float  # monotonic
     count: int = 0
     sent: int = 0  # the count the API server has; 0 while not posted
+    failures: int = 0  # transient failures in a row
 
 
 @dataclass
@@ -147,27 +154,31 @@ class EventRecorder:
                 now = self.clock()
                 if events.bucket is None:
                     events.bucket = _Bucket(tokens=float(self.per_minute), updated=now)
-                wait = events.bucket.take(now=now, per_minute=self.per_minute)
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                token = events.bucket.take(now=now, per_minute=self.per_minute)
+                if token > 0:
+                    await asyncio.sleep(token)
                     continue
                 key = next(iter(events.dirty))
                 series = events.dirty.pop(key)
-                await self._send(series)
+                again = await self._send(series)
                 if self._owners.get(owner) is not events:
                     return  # forgotten meanwhile: its resource is gone
+                if again is not None:
+                    events.dirty.setdefault(key, series)
+                    await asyncio.sleep(again)
         finally:
             events.writing = False
 
-    async def _send(self, series: _Series) -> None:
+    async def _send(self, series: _Series) -> float | None:
+        """Write one Event; seconds to wait before trying again, if it is worth it."""
         count, last = series.count, series.last
         owner = series.owner
         try:
             if series.sent and await self.api.patch_event(
                 namespace=owner.namespace, name=series.name, count=count, last=last
             ):
-                series.sent = count
-                return
+                series.sent, series.failures = count, 0
+                return None
             if series.sent:  # expired: the occurrences since it was posted start anew
                 series.name, series.first = _event_name(owner), last
             await self.api.post_event(
@@ -180,10 +191,15 @@ class EventRecorder:
                 first=series.first,
                 last=last,
             )
-            series.sent = count
+            series.sent, series.failures = count, 0
         except ApiError as error:  # an Event lost is not worth failing anything for
+            series.failures += 1
+            if error.transient and series.failures < ATTEMPTS:
+                return max(error.retry_after or 0.0, RETRY_DELAY)
+            series.failures = 0
             if not error.namespace_terminating:
                 log.warning("event not written", reason=series.reason, error=str(error))
+        return None
 
 
 def _event_name(owner: Owner) -> str:

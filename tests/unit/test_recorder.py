@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from mailtrap_operator.kubeapi import ApiError
 from mailtrap_operator.recorder import EventRecorder
 from mailtrap_operator.resources import Owner
 from tests.helpers.fakeapi import FakeApi
@@ -99,3 +100,22 @@ async def test_an_event_that_cannot_be_written_is_dropped_and_forgotten_owners_t
     events.record(OWNER, "Normal", "Restored", "lost")
     await eventually(lambda: api.events == [("Restored", "lost")], within=3)
     assert list(api.event_counts.values()) == [1]  # a new series: the old one was forgotten
+
+
+async def test_a_throttled_write_is_tried_again(
+    tasks: Tasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api = FakeApi("mail")
+    post = api.post_event
+    refusals = [2]
+
+    async def throttled(**kwargs: Any) -> None:
+        if refusals[0]:
+            refusals[0] -= 1
+            raise ApiError(429, "TooManyRequests", "slow down", retry_after=0.0)
+        await post(**kwargs)
+
+    monkeypatch.setattr(api, "post_event", throttled)
+    monkeypatch.setattr("mailtrap_operator.recorder.RETRY_DELAY", 0.01)
+    recorder(api, tasks).record(OWNER, "Normal", "Applied", "applied")
+    await eventually(lambda: api.events == [("Applied", "applied")], within=3)
