@@ -12,6 +12,11 @@ Used by the session fixture in ``tests/conftest.py`` and by ``hack/dev.py``. It
 hands out kubeconfigs for the admin and, through TokenRequest, for any
 ServiceAccount, so the operator can run with exactly the chart's RBAC, and
 (``audit=True``) an audit log of what ServiceAccounts asked and were allowed.
+
+For fault injection (tests/faults), `ApiServerFaults` SIGKILLs kube-apiserver and
+starts it again on the same port (optionally with other flags, such as
+``--max-requests-inflight=5``), and runs a second API server on the same etcd that
+serves requests while the first is down, as in a highly available control plane.
 """
 
 from __future__ import annotations
@@ -525,6 +530,107 @@ class LocalCluster:
 
     def _default_sa_exists(self) -> bool:
         return self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0
+
+
+# --- fault injection -----------------------------------------------------------------
+
+
+def _with_flags(args: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """``args`` with each ``--flag=value`` of ``extra`` replacing a flag of that name."""
+    names = {flag.split("=", 1)[0] for flag in extra}
+    return [arg for arg in args if arg.split("=", 1)[0] not in names] + list(extra)
+
+
+@dataclass
+class ApiServerFaults:
+    """The kube-apiserver of a running `LocalCluster`, to kill and start again.
+
+    Made once per cluster, while its API server runs: it keeps the flags that
+    server was started with, so every restart starts from them.
+    """
+
+    cluster: LocalCluster
+    flags: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.flags = [str(arg) for arg in list(self._proc().popen.args)[1:]]  # type: ignore[arg-type]
+
+    def _index(self) -> int:
+        return next(i for i, p in enumerate(self.cluster._procs) if p.name == "kube-apiserver")
+
+    def _proc(self) -> _Proc:
+        return self.cluster._procs[self._index()]
+
+    def kill(self) -> None:
+        """SIGKILL kube-apiserver, as a crash or the loss of its node would, and wait
+        until it is gone. Everything else (etcd, controllers, kwok) keeps running."""
+        proc = self._proc()
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+        proc.popen.wait(timeout=30)
+
+    def start(self, *, extra_args: Sequence[str] = (), timeout: float = 90.0) -> None:
+        """Start kube-apiserver again (after `kill`) on the same port, with the same
+        certificates and etcd, and its first flags plus ``extra_args`` (replacing
+        flags of the same name); return once it is ready."""
+        cluster = self.cluster
+        index = self._index()
+        old = cluster._procs[index]
+        if old.popen.poll() is None:
+            raise ClusterError("kube-apiserver is still running: kill it first")
+        old.log.close()
+        del cluster._procs[index]
+        cluster._spawn("kube-apiserver", _with_flags(self.flags, extra_args))
+        cluster._procs.insert(index, cluster._procs.pop())  # stopped in the same order
+        context = cluster._admin_ssl_context()
+        cluster._wait(
+            "kube-apiserver",
+            lambda: _http_ok(f"{cluster.server}/readyz", context=context),
+            time.monotonic() + timeout,
+        )
+
+    def restart(self, *, extra_args: Sequence[str] = (), down: float = 0.0) -> None:
+        """`kill`, stay down ``down`` seconds, then `start`."""
+        self.kill()
+        time.sleep(down)
+        self.start(extra_args=extra_args)
+
+    @contextlib.contextmanager
+    def peer(self, *, timeout: float = 90.0) -> Iterator[str]:
+        """A second kube-apiserver on the same etcd, on a port of its own (not
+        audited), for the length of a ``with`` block, as highly available control
+        planes have: its URL, for ``kubectl --server``."""
+        cluster = self.cluster
+        port = free_port()
+        flags = _with_flags(self.flags, [f"--secure-port={port}"])
+        log_path = cluster.workdir / "kube-apiserver-peer.log"
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(
+                [cluster.binary("kube-apiserver"), *(f for f in flags if "--audit-" not in f)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cluster.workdir,
+                preexec_fn=die_with_parent,
+                start_new_session=True,
+            )
+        server = f"https://127.0.0.1:{port}"
+        try:
+            context = cluster._admin_ssl_context()
+            deadline = time.monotonic() + timeout
+            while not _http_ok(f"{server}/readyz", context=context):
+                if popen.poll() is not None or time.monotonic() > deadline:
+                    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+                    raise ClusterError(f"the peer kube-apiserver did not start:\n{tail}")
+                time.sleep(0.2)
+            yield server
+        finally:
+            popen.terminate()
+            try:
+                popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                popen.wait()
 
 
 def _kwok_node(name: str) -> dict[str, Any]:
