@@ -132,6 +132,19 @@ def exercise(
         assert found["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
     until(lambda: reason_seen("Applied"), "an Applied Event")
 
+    # Adoption: deleted leaving its children, then made again, the resource takes
+    # them back (owner references changed: delete on each, under the admission plugin).
+    # Before the ServiceMonitor exists: the garbage collector may not know that kind
+    # yet, and would delete it with its owner rather than orphan it.
+    uids = {kind: child(kind)["metadata"]["uid"] for kind in ADOPTED}
+    cluster.kubectl("-n", namespace, "delete", "mtwh", NAME, "--cascade=orphan")
+    apply(cluster, example("ingress.yaml"), namespace=namespace)
+    obj = until(ready, "the re-created example to be Ready")
+    for kind, uid in uids.items():
+        found = child(kind)
+        assert found["metadata"]["uid"] == uid, f"{kind} in {namespace} was not adopted"
+        assert found["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
+
     patch({"serviceMonitor": {"enabled": True}})
     until(lambda: child("servicemonitor"), "the ServiceMonitor")
 
@@ -141,17 +154,6 @@ def exercise(
         cluster.kubectl("-n", namespace, "delete", "deployment", CHILD)
         until(lambda: child("deployment"), "the deleted Deployment to come back")
     until(lambda: restored_count() >= 2, "a Restored Event counted twice")
-
-    # Adoption: deleted leaving its children, then made again, the resource takes
-    # them back (owner references changed: delete on each, under the admission plugin).
-    uids = {kind: child(kind)["metadata"]["uid"] for kind in ADOPTED}
-    cluster.kubectl("-n", namespace, "delete", "mtwh", NAME, "--cascade=orphan")
-    apply(cluster, example("ingress.yaml"), namespace=namespace)
-    obj = until(ready, "the re-created example to be Ready")
-    for kind, uid in uids.items():
-        found = child(kind)
-        assert found["metadata"]["uid"] == uid, f"{kind} in {namespace} was not adopted"
-        assert found["metadata"]["ownerReferences"][0]["uid"] == obj["metadata"]["uid"]
 
     # Optional children switched off are deleted.
     patch(
