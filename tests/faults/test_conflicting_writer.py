@@ -116,3 +116,44 @@ def test_a_writer_fighting_over_two_children_is_given_up_on_with_bounded_writes(
         assert counted.get("Restored", 0) >= 2 * DRIFT_CONFLICT_ROUNDS - 1  # counted, not posted
     finally:
         admin.close()
+
+
+def test_replicas_handed_to_an_autoscaler_are_not_fought_over(
+    faults: Faults, namespace: str
+) -> None:
+    """spec.replicasManagedExternally: turned on for a running Deployment, its replicas
+    are kept (not reset to the default of 1), and an autoscaler's changes (through the
+    scale subresource, as a HorizontalPodAutoscaler makes them) are not drift."""
+    cluster = faults.cluster
+    admin = Admin(cluster)
+    try:
+        with faults.operator("autoscaled"):
+            text = manifests(["scaled"], replicas=2, podDisruptionBudget={"enabled": False})
+            cluster.kubectl("-n", namespace, "create", "-f", "-", input_text=text)
+            wait_for(lambda: admin.fleet(namespace).all_ready(), what="Ready", timeout=120)
+            cluster.kubectl(
+                "-n", namespace, "patch", "mtwh", "scaled", "--type=merge",
+                "-p", '{"spec": {"replicasManagedExternally": true}}',
+            )  # fmt: skip
+            wait_for(
+                lambda: admin.fleet(namespace).all_ready(), what="the new generation", timeout=60
+            )
+            deployment = admin.fleet(namespace).child("deployment", "scaled") or {}
+            assert deployment["spec"]["replicas"] == 2  # handed over, not reset to 1
+            writes = Writes(cluster, faults.user).mark()
+            for replicas in (3, 4, 3):
+                admin.apps.patch_namespaced_deployment_scale(
+                    "scaled-receiver", namespace, {"spec": {"replicas": replicas}},
+                    field_manager="horizontal-pod-autoscaler",
+                )  # fmt: skip
+                time.sleep(1)
+            time.sleep(3)
+            writes.read(namespace=namespace)
+            resource = admin.resource(namespace, "scaled")
+            deployment = admin.fleet(namespace).child("deployment", "scaled") or {}
+        print(f"\nan autoscaler's three scalings; operator: {writes}")
+        assert deployment["spec"]["replicas"] == 3
+        assert writes.total("deployments") == 0  # nothing put back
+        assert condition(resource, "Degraded").get("status") == "False"
+    finally:
+        admin.close()
