@@ -9,7 +9,7 @@ this order (the first failing step answers):
 3. the source address allow-list (`auth.SourceGate`, 403);
 4. basic auth, when configured (`auth.BasicAuth`, 401);
 5. the body, read as a stream and refused past ``maxBodySize`` (413);
-6. the signature over the raw body (`auth.signature_matches`, 401);
+6. the signature over the raw body (`auth.signature_in`, `auth.signature_matches`, 401);
 7. the format (`parsing.parse_events`: 415 unsupported type or any
    Content-Encoding but identity, 400 unparseable);
 8. each object is classified (`events.classify`); valid events go to the sink
@@ -39,7 +39,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from .admin import Lifecycle
-from .auth import BasicAuth, SecretFile, SourceGate, signature_matches, watch_secret_files
+from .auth import (
+    BasicAuth,
+    SecretFile,
+    SourceGate,
+    signature_in,
+    signature_matches,
+    watch_secret_files,
+)
 from .config import ReceiverConfig
 from .deadletters import DeadLetter, DeadLetterStore, MemoryDeadLetterStore
 from .delivery import build_delivery
@@ -49,11 +56,8 @@ from .metrics import Metrics
 from .parsing import BodyError, media_type, parse_events
 from .sinks import Sink, SinkOverloaded, SinkUnavailable, SubmitResult
 
-CONFIG: Final = web.AppKey("config", ReceiverConfig)
-METRICS: Final = web.AppKey("metrics", Metrics)
 LIFECYCLE: Final = web.AppKey("lifecycle", Lifecycle)
 SINK: Final = web.AppKey[Sink]("sink")
-DEAD_LETTERS: Final = web.AppKey[DeadLetterStore]("dead_letters")
 # What the handler learned about a request, for its log line.
 LOG_FIELDS: Final = web.RequestKey[dict[str, Any]]("log_fields")
 
@@ -273,7 +277,7 @@ class WebhookHandler:
                     401, reason, "valid basic auth credentials are required", _BASIC_CHALLENGE
                 )
         body = await read_body(request, limit=self._max_body_size, within=self._body_read_timeout)
-        signature = headers.get("Mailtrap-Signature") or headers.get("X-Mailtrap-Signature")
+        signature = signature_in(headers)
         if signature is None:
             raise self._refuse(401, "signature_missing", "the Mailtrap-Signature header is missing")
         if not signature_matches(body, signature, self._signing.values):
@@ -398,11 +402,8 @@ def create_app(
         middlewares=[request_middleware(metrics=metrics)],
         client_max_size=config.max_body_size,
     )
-    app[CONFIG] = config
-    app[METRICS] = metrics
     app[LIFECYCLE] = lifecycle
     app[SINK] = sink
-    app[DEAD_LETTERS] = dead_letters
     app.router.add_post(config.path, handler.handle)
 
     async def sink_context(app: web.Application) -> AsyncIterator[None]:

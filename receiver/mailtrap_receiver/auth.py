@@ -22,7 +22,7 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -40,6 +40,15 @@ log = structlog.get_logger("mailtrap_receiver.auth")
 def sign(body: bytes, *, secret: bytes) -> str:
     """Mailtrap's signature of a body: HMAC-SHA256, lowercase hex."""
     return hmac.digest(secret, body, "sha256").hex()
+
+
+def signature_in(headers: Mapping[str, str]) -> str | None:
+    """The signature a request carries, in the first of `SIGNATURE_HEADERS` that has one."""
+    for name in SIGNATURE_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
 
 
 def signature_matches(body: bytes, signature: str, secrets: Sequence[bytes]) -> bool:

@@ -207,10 +207,6 @@ def _is_id(value: object) -> bool:
     )
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _is_text(value: object) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
