@@ -25,6 +25,9 @@ EXPECTED_METRICS = {
     "mailtrap_webhook_request_duration_seconds": "histogram",
     "mailtrap_webhook_events_received_total": "counter",
     "mailtrap_webhook_auth_failures_total": "counter",
+    "mailtrap_webhook_refused_total": "counter",
+    "mailtrap_webhook_open_connections": "gauge",
+    "mailtrap_webhook_arriving_body_bytes": "gauge",
     "mailtrap_webhook_duplicates_total": "counter",
     "mailtrap_webhook_invalid_events_total": "counter",
     "mailtrap_webhook_deliveries_total": "counter",
@@ -169,3 +172,29 @@ def test_console_tracebacks_are_plain_whatever_is_installed() -> None:
     assert "ValueError: boom" in done.stdout
     assert "FANCY" not in done.stdout
     assert "do-not-print" not in done.stdout
+
+
+def test_an_unparsable_request_is_logged_without_its_traceback() -> None:
+    # aiohttp's parse errors quote the line they could not parse (a credential, maybe).
+    code = (
+        "from mailtrap_receiver.logs import configure_logging\n"
+        "import logging\n"
+        "from aiohttp.http_exceptions import BadHttpMessage\n"
+        "configure_logging(format='json', level='info')\n"
+        "try:\n"
+        "    raise BadHttpMessage('Invalid header value char: Authorization: Basic c2VjcmV0')\n"
+        "except BadHttpMessage:\n"
+        "    logging.getLogger('aiohttp.server').exception('Error handling request')\n"
+        "try:\n"
+        "    raise ValueError('a bug')\n"
+        "except ValueError:\n"
+        "    logging.getLogger('aiohttp.server').exception('Unhandled exception')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    parse_error, bug = (orjson.loads(line) for line in done.stdout.splitlines())
+    assert parse_error["msg"] == "Error handling request (BadHttpMessage)"
+    assert "c2VjcmV0" not in done.stdout
+    assert "exception" not in parse_error
+    assert "ValueError: a bug" in bug["exception"]  # other errors keep their traceback
