@@ -19,7 +19,8 @@ this order (the first failing step answers):
    many events);
 9. each object is classified (`events.classify`); valid events go to the sink
    (`sinks.Sink`: 503 when it cannot take them, 429 when it is full) and then
-   invalid ones to the dead-letter store (`deadletters.DeadLetterStore`).
+   invalid ones to the dead-letter store (`deadletters.DeadLetterStore`: 503
+   when it is full).
 
 Success is 200 ``{"accepted": n, "duplicates": n, "invalid": n, "filtered": n}``;
 every error is ``{"error": code, "detail": text}`` (`errors`). `request_middleware`
@@ -57,7 +58,7 @@ from .auth import (
 )
 from .config import ReceiverConfig
 from .connections import GuardedConnection
-from .deadletters import DeadLetter, DeadLetterStore, MemoryDeadLetterStore
+from .deadletters import DeadLetter, DeadLettersFull, DeadLetterStore, MemoryDeadLetterStore
 from .delivery import build_delivery
 from .errors import RETRY_AFTER, Rejected, error_response
 from .events import Event, classify
@@ -269,6 +270,9 @@ class WebhookHandler:
             result = await self._sink.submit(valid) if valid else _NO_EVENTS
             if letters:
                 await self._dead_letters.add(letters)
+        except DeadLettersFull as error:
+            # The valid events are stored: Mailtrap's retry finds them duplicates.
+            raise Rejected(503, "dead_letters_full", str(error), headers=RETRY_AFTER) from None
         except SinkOverloaded as error:
             raise Rejected(429, "sink_overloaded", str(error), headers=RETRY_AFTER) from None
         except SinkUnavailable as error:

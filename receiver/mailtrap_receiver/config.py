@@ -48,6 +48,7 @@ from pydantic.alias_generators import to_camel
 
 from .events import MAX_FIELD_LENGTH, EventName
 from .parsing import MAX_EVENTS, MAX_JSON_DEPTH
+from .spoolfile import DEAD_LETTER_RETENTION, MAX_DEAD_LETTERS
 
 ENV_PREFIX: Final = "MAILTRAP_RECEIVER_"
 
@@ -232,6 +233,8 @@ class DeliveryConfig(_Model):
     )
     dedup_window: Seconds = 25 * 3600.0
     max_pending_events: Annotated[int, Field(ge=1)] = 1_000_000
+    max_dead_letters: Annotated[int, Field(ge=1)] = MAX_DEAD_LETTERS
+    dead_letter_retention: Seconds = DEAD_LETTER_RETENTION
     retry: RetryPolicy = RetryPolicy()
 
 

@@ -157,6 +157,23 @@ class Metrics:
             ["target", "reason"],
             registry=r,
         )
+        self.dead_letters_stored = Gauge(
+            PREFIX + "dead_letters_stored",
+            "Dead letters kept in the spool (at most delivery.maxDeadLetters; durable mode).",
+            registry=r,
+        )
+        self.dead_letters_expired_total = Counter(
+            PREFIX + "dead_letters_expired",
+            "Dead letters deleted after delivery.deadLetterRetention.",
+            registry=r,
+        )
+        self.dead_letters_held_total = Counter(
+            PREFIX + "dead_letters_held",
+            "Events a target gave up on that stayed pending (tried again later) because "
+            "the dead-letter store was full, by target.",
+            ["target"],
+            registry=r,
+        )
         self.end_to_end_lag = Histogram(
             PREFIX + "end_to_end_lag_seconds",
             "From an event's own timestamp to its acknowledgement by a target.",
@@ -230,6 +247,12 @@ class Metrics:
         if child is None:
             child = self._dead_letters[(target, reason)] = self.dead_letters.labels(target, reason)
         child.inc(count)
+
+    def dead_letters_held(self, target: str, count: int) -> None:
+        self.dead_letters_held_total.labels(target).inc(count)
+
+    def dead_letters_expired(self, count: int) -> None:
+        self.dead_letters_expired_total.inc(count)
 
     def pending(self, target: str, *, depth: int, oldest_age: float) -> None:
         """A target's queue, as the durable sink last saw it."""

@@ -33,6 +33,14 @@ older file, or an empty one, up to date, one transaction per version):
 - ``dedup``: keys seen and when they expire (indexed by expiry for pruning);
 - ``dead_letters``: events given up on (target, reason, last status and answer,
   attempts, the event itself) and invalid events (no target).
+
+Dead letters are bounded like pending events (``delivery.maxDeadLetters``, beside
+``delivery.maxPendingEvents``) and kept for ``delivery.deadLetterRetention``:
+`SpoolFile.maintain` deletes older ones. When the store is full nothing is dropped:
+the invalid events of a request that do not fit are refused, together (`write`
+reports which requests; the receiver answers 503 so Mailtrap sends them again), and
+an event a target gave up on stays pending, to be tried again at the time its
+outcome names, instead of becoming a dead letter ("held back").
 """
 
 from __future__ import annotations
@@ -53,8 +61,9 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import orjson
 
@@ -120,6 +129,9 @@ _PRUNE_BATCH: Final = 2000
 _PRUNE_ROUNDS: Final = 5
 # Counting a long backlog takes a while, so it is recounted less often then.
 _RECOUNT_CHEAP: Final = 50_000
+# Defaults of delivery.maxDeadLetters and delivery.deadLetterRetention.
+MAX_DEAD_LETTERS: Final = 100_000
+DEAD_LETTER_RETENTION: Final = 7 * 24 * 3600.0
 _RECOUNT_SLOW_INTERVAL: Final = 60.0
 CHECKPOINT_INTERVAL: Final = 0.5
 # After a checkpoint has copied everything, SQLite reuses the WAL from its start;
@@ -131,10 +143,11 @@ _CACHE_KIB: Final = 32 * 1024
 # A new event: key, canonical name, JSON body, event time, message id, its targets.
 StoreRow = tuple[str, str, bytes, float | None, str | None, tuple[str, ...]]
 # An invalid event: target (None), key, name, reason, detail, body, event time,
-# message id, when received.
+# message id, when received. A request's invalid events are stored together or not.
 LetterRow = tuple[str | None, str, str | None, str, str, bytes, float | None, str | None, float]
 # A delivery outcome: kind (delivered, retry, dead), target, event id, attempts,
-# next attempt time, status, error, answer excerpt, dead-letter reason, detail.
+# next attempt time (for a dead one: when to try again if it is held back), status,
+# error, answer excerpt, dead-letter reason, detail.
 OutcomeRow = tuple[str, str, int, int, float, int | None, str | None, str | None, str | None, str]
 # What a poll returns per event: id, key, name, body, event time, message id, attempts.
 PendingRow = tuple[int, str, str, bytes, float | None, str | None, int]
@@ -144,6 +157,14 @@ T = TypeVar("T")
 
 class SpoolError(Exception):
     """The spool file cannot be used (not a spool, a newer schema, unwritable)."""
+
+
+class Written(NamedTuple):
+    """What one `SpoolFile.write` did."""
+
+    ids: list[list[int]]  # per store, the id of each event; 0 for a duplicate
+    refused: list[int]  # indexes of the letter groups that did not fit
+    held: list[int]  # event ids of dead outcomes held back (kept pending)
 
 
 def connect(path: str | Path) -> sqlite3.Connection:
@@ -448,9 +469,12 @@ class SpoolFile:
     ``targets`` are the configured target names: pending rows of any other target (a
     target removed from the config) become dead letters at `open`, counted per target
     in `removed` (the receiver adds them to its dead-letter metric). `write` is the
-    group commit; `commits`, `pending_events` (events not yet delivered everywhere)
-    and `depth` (pending rows per target) are kept exact by this writer and
-    recounted by `maintain` (``dlq replay`` adds rows from outside).
+    group commit; `commits`, `pending_events` (events not yet delivered everywhere),
+    `depth` (pending rows per target) and `dead_letters` are kept exact by this
+    writer and recounted by `maintain` (``dlq`` changes rows from outside);
+    `expired` counts the dead letters retention deleted since `open`. Only `open`
+    may take dead letters beyond ``max_dead_letters`` (those of removed targets,
+    which could stay nowhere else).
     """
 
     def __init__(
@@ -459,16 +483,22 @@ class SpoolFile:
         *,
         targets: Sequence[str],
         dedup_window: float,
+        max_dead_letters: int = MAX_DEAD_LETTERS,
+        dead_letter_retention: float = DEAD_LETTER_RETENTION,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
         self.targets = tuple(targets)
         self._window = dedup_window
+        self.max_dead_letters = max_dead_letters
+        self._retention = dead_letter_retention
         self._clock = clock
         self._conn: sqlite3.Connection | None = None
         self.commits = 0
         self.pending_events = 0
         self.depth: dict[str, int] = dict.fromkeys(self.targets, 0)
+        self.dead_letters = 0
+        self.expired = 0
         self.removed: dict[str, int] = {}
         self._last_recount = 0.0
         # An event goes once no configured target has a pending row for it.
@@ -479,6 +509,12 @@ class SpoolFile:
         if self._conn is None:
             raise SpoolError("the spool is not open")
         return self._conn
+
+    @property
+    def state(self) -> SpoolState:
+        return SpoolState(
+            self.pending_events, dict(self.depth), self.commits, self.dead_letters, self.expired
+        )
 
     def open(self) -> None:
         """Create or migrate the file, dead-letter removed targets, count what is pending."""
@@ -507,29 +543,41 @@ class SpoolFile:
     def write(
         self,
         stores: Sequence[Sequence[StoreRow]],
-        letters: Sequence[LetterRow] = (),
+        letters: Sequence[Sequence[LetterRow]] = (),
         outcomes: Sequence[OutcomeRow] = (),
-    ) -> list[list[int]]:
-        """One transaction (one fsync) for all of it. For each store, the id given to
-        each of its events, 0 for a duplicate. Raises `sqlite3.Error` with nothing
-        written."""
+    ) -> Written:
+        """One transaction (one fsync) for all of it: new events (each store a
+        request's), invalid events (each group a request's: stored whole or refused
+        whole when the dead letters would pass the maximum) and delivery outcomes
+        (a dead one is held back, kept pending, when the dead letters are full).
+        Raises `sqlite3.Error` with nothing written."""
         conn = self.conn
         now = self._clock()
         depth = dict(self.depth)
+        room = self.max_dead_letters - self.dead_letters
+        refused: list[int] = []
+        kept: list[tuple[Any, ...]] = []
+        for index, group in enumerate(letters):
+            if len(group) > room:
+                refused.append(index)
+            else:
+                room -= len(group)
+                kept.extend((*letter, now) for letter in group)
         with transaction(conn):
             ids, added = self._insert_events(conn, stores, now, depth)
-            if letters:
+            if kept:
                 conn.executemany(
                     "INSERT INTO dead_letters (target, key, name, reason, detail, attempts, "
                     "body, occurred_at, message_id, received_at, failed_at) "
                     "VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-                    [(*letter, now) for letter in letters],
+                    kept,
                 )
-            removed = self._apply_outcomes(conn, outcomes, now, depth)
+            removed, held, lettered = self._apply_outcomes(conn, outcomes, now, depth, room)
         self.commits += 1
         self.pending_events += added - removed
         self.depth = depth
-        return ids
+        self.dead_letters += len(kept) + lettered
+        return Written(ids, refused, held)
 
     def _insert_events(
         self,
@@ -593,13 +641,17 @@ class SpoolFile:
         outcomes: Sequence[OutcomeRow],
         now: float,
         depth: dict[str, int],
-    ) -> int:
-        """Record outcomes; the number of events no target needs any more."""
+        room: int,
+    ) -> tuple[int, list[int], int]:
+        """Record outcomes, with ``room`` for that many dead letters; the number of
+        events no target needs any more, the event ids of dead outcomes held back,
+        and the number of dead letters made."""
         if not outcomes:
-            return 0
+            return 0, [], 0
         finished: list[tuple[str, int]] = []
         retries: list[tuple[Any, ...]] = []
         dead: list[tuple[Any, ...]] = []
+        held: list[int] = []
         for (
             kind,
             target,
@@ -612,6 +664,10 @@ class SpoolFile:
             reason,
             detail,
         ) in outcomes:
+            if kind == "dead" and len(dead) >= room:
+                # No room for it: it stays pending and is tried again later.
+                held.append(event_id)
+                kind = "retry"
             if kind == "retry":
                 retries.append((attempts, due, status, error, target, event_id))
                 continue
@@ -633,7 +689,7 @@ class SpoolFile:
                 dead,
             )
         if not finished:
-            return 0
+            return 0, held, len(dead)
         by_target: dict[str, list[int]] = {}
         for target, event_id in finished:
             by_target.setdefault(target, []).append(event_id)
@@ -656,10 +712,11 @@ class SpoolFile:
                 "AND event_id = events.id)",
                 (*chunk, *self.targets),
             ).rowcount
-        return removed
+        return removed, held, len(dead)
 
     def maintain(self) -> None:
-        """Prune expired keys a batch at a time; recount what is pending."""
+        """Prune expired keys and dead letters past their retention, a batch at a
+        time; recount what is pending."""
         conn = self.conn
         for _ in range(_PRUNE_ROUNDS):
             with transaction(conn):
@@ -670,9 +727,32 @@ class SpoolFile:
                 ).rowcount
             if deleted < _PRUNE_BATCH:
                 break
+        for _ in range(_PRUNE_ROUNDS):
+            if self._expire_dead_letters(conn) < _PRUNE_BATCH:
+                break
         since = time.monotonic() - self._last_recount
         if self.pending_events < _RECOUNT_CHEAP or since > _RECOUNT_SLOW_INTERVAL:
             self._recount(conn)
+
+    def _expire_dead_letters(self, conn: sqlite3.Connection) -> int:
+        """Delete up to a batch of dead letters older than the retention; how many.
+
+        Letters are numbered as they fail, so the oldest come first by id and the
+        scan stops at the first one still kept (no index on the failure time)."""
+        cutoff = self._clock() - self._retention
+        with transaction(conn):
+            rows = conn.execute(
+                "SELECT id, failed_at FROM dead_letters ORDER BY id LIMIT ?", (_PRUNE_BATCH,)
+            ).fetchall()
+            expired = [letter_id for letter_id, _ in takewhile(lambda r: r[1] <= cutoff, rows)]
+            for chunk in _chunks(expired):
+                conn.execute(
+                    f"DELETE FROM dead_letters WHERE id IN ({_marks(len(chunk))})",  # noqa: S608
+                    chunk,
+                )
+        self.expired += len(expired)
+        self.dead_letters -= len(expired)
+        return len(expired)
 
     def _count_pending(self, conn: sqlite3.Connection) -> dict[str, int]:
         counts = dict.fromkeys(self.targets, 0)
@@ -685,6 +765,7 @@ class SpoolFile:
         self._last_recount = time.monotonic()
         self.depth = self._count_pending(conn)
         self.pending_events = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        self.dead_letters = int(conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
 
     def _dead_letter_removed_targets(self, conn: sqlite3.Connection) -> None:
         """Pending rows of targets no longer configured become dead letters."""
@@ -718,13 +799,53 @@ class SpoolFile:
 # --- the writer process ---------------------------------------------------------------
 #
 # Frames on the socket: a 4-byte big-endian length, then a pickled tuple.
-# Receiver -> writer:  ("write", seq, stores, letters, outcomes)
+# Receiver -> writer:  ("write", seq, stores, letter_groups, outcomes)
 #                      ("read", seq, name, kwargs)
 #                      ("stop",)
-# Writer -> receiver:  ("ready", pending_events, depth, removed)  once open
-#                      ("failed", message)                    could not open; exits
-#                      ("written", seq, ids, error, pending_events, depth, commits)
+# Writer -> receiver:  ("ready", state, removed)        once open
+#                      ("failed", message)              could not open; exits
+#                      ("written", seq, written, error, state)
 #                      ("read", seq, result, error)
+#                      ("state", state)                 after maintenance changed it
+
+
+class SpoolState(NamedTuple):
+    """What the writer last counted, sent with each answer."""
+
+    pending_events: int
+    depth: dict[str, int]
+    commits: int
+    dead_letters: int
+    expired: int  # dead letters deleted by retention since the writer started
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    """What `spool.Spool` starts the writer process with (JSON on its command line)."""
+
+    path: str
+    targets: tuple[str, ...]
+    dedup_window: float
+    max_dead_letters: int = MAX_DEAD_LETTERS
+    dead_letter_retention: float = DEAD_LETTER_RETENTION
+
+    def encode(self) -> str:
+        return orjson.dumps(dataclasses.asdict(self)).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> WriterSettings:
+        data = orjson.loads(text)
+        return cls(**{**data, "targets": tuple(data["targets"])})
+
+    def spool_file(self) -> SpoolFile:
+        return SpoolFile(
+            self.path,
+            targets=self.targets,
+            dedup_window=self.dedup_window,
+            max_dead_letters=self.max_dead_letters,
+            dead_letter_retention=self.dead_letter_retention,
+        )
+
 
 FRAME_HEADER: Final = struct.Struct(">I")
 # The writer process's exit status when one of its threads failed.
@@ -796,22 +917,17 @@ def _or_exit(work: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def serve(
-    sock: socket.socket,
-    *,
-    path: str,
-    targets: Sequence[str],
-    dedup_window: float,
-) -> int:
+def serve(sock: socket.socket, settings: WriterSettings) -> int:
     """Run the writer process on ``sock`` until told to stop or the receiver is gone."""
     lock = threading.Lock()
-    spool = SpoolFile(path, targets=targets, dedup_window=dedup_window)
+    path = settings.path
+    spool = settings.spool_file()
     try:
         spool.open()
     except SpoolError as error:
         send_frame(sock, ("failed", str(error)))
         return 1
-    send_frame(sock, ("ready", spool.pending_events, spool.depth, spool.removed))
+    send_frame(sock, ("ready", spool.state, spool.removed))
 
     writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
     reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -834,10 +950,10 @@ def serve(
                 return
             if message is not None:
                 _, seq, stores, letters, outcomes = message
-                ids: list[list[int]] | None = None
+                written: Written | None = None
                 error: str | None = None
                 try:
-                    ids = spool.write(stores, letters, outcomes)
+                    written = spool.write(stores, letters, outcomes)
                 except sqlite3.Error as failure:
                     error = str(failure)
                 except Exception as failure:
@@ -845,11 +961,10 @@ def serve(
                     # instead of waiting for ever.
                     traceback.print_exc()
                     error = f"{type(failure).__name__}: {failure}"
-                answer(
-                    ("written", seq, ids, error, spool.pending_events, spool.depth, spool.commits)
-                )
+                answer(("written", seq, written, error, spool.state))
             if message is None or time.monotonic() - maintained > MAINTENANCE_INTERVAL:
                 maintained = time.monotonic()
+                before = spool.state
                 try:
                     spool.maintain()
                 except sqlite3.Error as failure:
@@ -857,6 +972,8 @@ def serve(
                 except Exception:
                     print("spool: maintenance failed:", file=sys.stderr)
                     traceback.print_exc()
+                if spool.state != before:
+                    answer(("state", spool.state))
 
     def reader() -> None:
         conn = connect(path)
@@ -918,7 +1035,7 @@ def serve(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mailtrap_receiver.spoolfile FD PATH WINDOW TARGET...``"""
+    """``python -m mailtrap_receiver.spoolfile FD SETTINGS`` (`WriterSettings` as JSON)."""
     args = list(sys.argv[1:] if argv is None else argv)
     _die_with_parent()
     # The receiver handles SIGTERM; the writer stops when the receiver says so.
@@ -926,7 +1043,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(args[0]))
     try:
-        return serve(sock, path=args[1], dedup_window=float(args[2]), targets=args[3:])
+        return serve(sock, WriterSettings.decode(args[1]))
     finally:
         sock.close()
 

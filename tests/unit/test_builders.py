@@ -75,6 +75,8 @@ FULL: dict[str, Any] = {
         "spoolPath": "/data/spool/events.db",
         "dedupWindow": "25h",
         "maxPendingEvents": 1000,
+        "maxDeadLetters": 5000,
+        "deadLetterRetention": "72h",
         "retry": {"maxAttempts": 20, "initialBackoff": "1s", "maxBackoff": "10m"},
     },
     "shutdownGracePeriod": "45s",

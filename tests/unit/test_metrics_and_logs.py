@@ -35,6 +35,9 @@ EXPECTED_METRICS = {
     "mailtrap_webhook_queue_depth": "gauge",
     "mailtrap_webhook_oldest_pending_age_seconds": "gauge",
     "mailtrap_webhook_dead_letters_total": "counter",
+    "mailtrap_webhook_dead_letters_stored": "gauge",
+    "mailtrap_webhook_dead_letters_expired_total": "counter",
+    "mailtrap_webhook_dead_letters_held_total": "counter",
     "mailtrap_webhook_end_to_end_lag_seconds": "histogram",
 }
 
