@@ -444,6 +444,9 @@ class SpoolSink:
         await self.spool.open()
         self._expired = self.spool.expired
         self._metrics.dead_letters_stored.set_function(lambda: self.spool.dead_letters)
+        self._metrics.store_writable.set_function(lambda: self.spool.unwritable is None)
+        if self._lifecycle is not None:
+            self._lifecycle.checks.append(self._cannot_write)
         for target, count in self.spool.removed.items():
             self._metrics.dead_letter(target, "target_removed", count)
         self._session = new_session()
@@ -482,6 +485,10 @@ class SpoolSink:
             duplicates=duplicates + stored.duplicates,
             filtered=filtered,
         )
+
+    def _cannot_write(self) -> str | None:
+        unwritable = self.spool.unwritable
+        return None if unwritable is None else f"the spool cannot write: {unwritable}"
 
     def _failed(self, reason: str) -> None:
         if self._lifecycle is not None:

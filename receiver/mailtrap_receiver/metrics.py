@@ -157,6 +157,13 @@ class Metrics:
             ["target", "reason"],
             registry=r,
         )
+        self.store_writable = Gauge(
+            PREFIX + "store_writable",
+            "1 while the spool can be written, 0 while its writes fail (a full disk, say; "
+            "/readyz fails meanwhile). Durable mode.",
+            registry=r,
+        )
+        self.store_writable.set(1)
         self.dead_letters_stored = Gauge(
             PREFIX + "dead_letters_stored",
             "Dead letters kept in the spool (at most delivery.maxDeadLetters; durable mode).",

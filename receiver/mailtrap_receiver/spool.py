@@ -18,7 +18,10 @@ their spool ids) and the outcomes, and then the requests' futures resolve.
 If the writer process exits (it does when one of its threads fails), or handling
 its answers here raises, every waiting request fails (503), `failure` says why,
 and ``on_failure`` is told (the receiver then fails its liveness probe, so the
-container restarts and the spool, on its volume, is opened again).
+container restarts and the spool, on its volume, is opened again). While the file
+cannot be written (a full disk: each write fails, and the writer probes with a
+small write when idle), `unwritable` says why, and the receiver fails its
+readiness probe until a write works again.
 """
 
 from __future__ import annotations
@@ -219,6 +222,8 @@ class Spool:
         self.depth: dict[str, int] = dict.fromkeys(self._targets, 0)
         self.dead_letters = 0
         self.expired = 0
+        # Why the writer's last write failed (a full disk, say); None once one works.
+        self.unwritable: str | None = None
         # Dead letters made at open of the pending events of targets no longer
         # configured, per target.
         self.removed: dict[str, int] = {}
@@ -387,7 +392,20 @@ class Spool:
             self._fail(f"the spool receiver failed: {type(error).__name__}: {error}")
 
     def _apply(self, state: SpoolState) -> None:
-        self.pending_events, self.depth, self.commits, self.dead_letters, self.expired = state
+        (
+            self.pending_events,
+            self.depth,
+            self.commits,
+            self.dead_letters,
+            self.expired,
+            unwritable,
+        ) = state
+        if unwritable != self.unwritable:
+            if unwritable is None:
+                log.info("spool writable again", path=str(self.path))
+            else:
+                log.error("spool cannot write", path=str(self.path), error=unwritable)
+        self.unwritable = unwritable
 
     def _written(self, message: tuple[Any, ...]) -> None:
         _, _, written, error, state = message

@@ -134,6 +134,10 @@ MAX_DEAD_LETTERS: Final = 100_000
 DEAD_LETTER_RETENTION: Final = 7 * 24 * 3600.0
 _RECOUNT_SLOW_INTERVAL: Final = 60.0
 CHECKPOINT_INTERVAL: Final = 0.5
+# While writes fail (a full disk), how often the writer tries a small one.
+PROBE_INTERVAL: Final = 1.0
+# The dedup key a probe writes and deletes again: no event_id starts with a NUL.
+_PROBE_KEY: Final = "\x00probe"
 # After a checkpoint has copied everything, SQLite reuses the WAL from its start;
 # this bounds what the file keeps of its size meanwhile.
 _JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
@@ -499,6 +503,7 @@ class SpoolFile:
         self.depth: dict[str, int] = dict.fromkeys(self.targets, 0)
         self.dead_letters = 0
         self.expired = 0
+        self.unwritable: str | None = None
         self.removed: dict[str, int] = {}
         self._last_recount = 0.0
         # An event goes once no configured target has a pending row for it.
@@ -513,8 +518,28 @@ class SpoolFile:
     @property
     def state(self) -> SpoolState:
         return SpoolState(
-            self.pending_events, dict(self.depth), self.commits, self.dead_letters, self.expired
+            self.pending_events,
+            dict(self.depth),
+            self.commits,
+            self.dead_letters,
+            self.expired,
+            self.unwritable,
         )
+
+    def probe(self) -> None:
+        """A write that changes nothing (a row in and out again, committed and
+        fsynced): whether the file can be written now, in `unwritable`."""
+        conn = self.conn
+        try:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT OR REPLACE INTO dedup (key, expires_at) VALUES (?, 0)", (_PROBE_KEY,)
+                )
+                conn.execute("DELETE FROM dedup WHERE key = ?", (_PROBE_KEY,))
+        except sqlite3.Error as error:
+            self.unwritable = str(error)
+            return
+        self.unwritable = None
 
     def open(self) -> None:
         """Create or migrate the file, dead-letter removed targets, count what is pending."""
@@ -550,7 +575,22 @@ class SpoolFile:
         request's), invalid events (each group a request's: stored whole or refused
         whole when the dead letters would pass the maximum) and delivery outcomes
         (a dead one is held back, kept pending, when the dead letters are full).
-        Raises `sqlite3.Error` with nothing written."""
+        Raises `sqlite3.Error` with nothing written (and says why in `unwritable`
+        until a write or `probe` succeeds)."""
+        try:
+            written = self._write(stores, letters, outcomes)
+        except sqlite3.Error as error:
+            self.unwritable = str(error)
+            raise
+        self.unwritable = None
+        return written
+
+    def _write(
+        self,
+        stores: Sequence[Sequence[StoreRow]],
+        letters: Sequence[Sequence[LetterRow]],
+        outcomes: Sequence[OutcomeRow],
+    ) -> Written:
         conn = self.conn
         now = self._clock()
         depth = dict(self.depth)
@@ -806,7 +846,7 @@ class SpoolFile:
 #                      ("failed", message)              could not open; exits
 #                      ("written", seq, written, error, state)
 #                      ("read", seq, result, error)
-#                      ("state", state)                 after maintenance changed it
+#                      ("state", state)                 after maintenance or a probe changed it
 
 
 class SpoolState(NamedTuple):
@@ -817,6 +857,7 @@ class SpoolState(NamedTuple):
     commits: int
     dead_letters: int
     expired: int  # dead letters deleted by retention since the writer started
+    unwritable: str | None  # why the last write failed; None once one succeeds
 
 
 @dataclass(frozen=True)
@@ -942,12 +983,15 @@ def serve(sock: socket.socket, settings: WriterSettings) -> int:
     def writer() -> None:
         maintained = time.monotonic()
         while True:
+            # While writes fail, a probe every PROBE_INTERVAL finds when they work again.
+            wait = MAINTENANCE_INTERVAL if spool.unwritable is None else PROBE_INTERVAL
             try:
-                message = writes.get(timeout=MAINTENANCE_INTERVAL)
+                message = writes.get(timeout=wait)
             except queue.Empty:
                 message = None
             if message is not None and message[0] == "stop":
                 return
+            before = spool.state
             if message is not None:
                 _, seq, stores, letters, outcomes = message
                 written: Written | None = None
@@ -962,11 +1006,16 @@ def serve(sock: socket.socket, settings: WriterSettings) -> int:
                     traceback.print_exc()
                     error = f"{type(failure).__name__}: {failure}"
                 answer(("written", seq, written, error, spool.state))
+                before = spool.state
             if message is None or time.monotonic() - maintained > MAINTENANCE_INTERVAL:
                 maintained = time.monotonic()
-                before = spool.state
                 try:
-                    spool.maintain()
+                    if message is None:
+                        # Idle: one small write, so a full disk is found before a
+                        # request needs it (and found gone again).
+                        spool.probe()
+                    if spool.unwritable is None:
+                        spool.maintain()
                 except sqlite3.Error as failure:
                     print(f"spool: maintenance failed: {failure}", file=sys.stderr)
                 except Exception:

@@ -36,6 +36,7 @@ EXPECTED_METRICS = {
     "mailtrap_webhook_oldest_pending_age_seconds": "gauge",
     "mailtrap_webhook_dead_letters_total": "counter",
     "mailtrap_webhook_dead_letters_stored": "gauge",
+    "mailtrap_webhook_store_writable": "gauge",
     "mailtrap_webhook_dead_letters_expired_total": "counter",
     "mailtrap_webhook_dead_letters_held_total": "counter",
     "mailtrap_webhook_end_to_end_lag_seconds": "histogram",
@@ -100,6 +101,20 @@ async def test_the_admin_app(
     lifecycle.stopping = True
     assert (await (await client.get("/readyz")).json())["detail"] == "the receiver is stopping"
     assert (await client.get("/healthz")).status == 200
+    # A part that cannot work now fails readiness only; one that failed for good, both.
+    lifecycle.stopping = False
+    problem: list[str] = []
+    lifecycle.checks.append(lambda: problem[0] if problem else None)
+    assert (await client.get("/readyz")).status == 200
+    problem.append("the spool cannot write: database or disk is full")
+    not_ready = await client.get("/readyz")
+    assert not_ready.status == 503
+    assert (await not_ready.json())["detail"] == problem[0]
+    assert (await client.get("/healthz")).status == 200
+    problem.clear()
+    lifecycle.failure = "the spool writer process exited unexpectedly"
+    assert (await (await client.get("/readyz")).json())["detail"] == lifecycle.failure
+    assert (await client.get("/healthz")).status == 503
     scraped = await client.get("/metrics")
     assert scraped.headers["Content-Type"].startswith("text/plain; version=")
     assert "mailtrap_webhook_requests_total" in await scraped.text()

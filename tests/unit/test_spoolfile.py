@@ -396,3 +396,24 @@ def test_dead_letters_older_than_the_retention_are_deleted(
         assert again.dead_letters == 1  # counted at open
     finally:
         again.close()
+
+
+def test_a_failed_write_is_reported_until_a_probe_or_write_works(spool: SpoolFile) -> None:
+    assert spool.state.unwritable is None
+    spool.conn.execute("PRAGMA query_only=ON")  # every write fails, as on a full disk
+    with pytest.raises(sqlite3.Error):
+        spool.write([[row("refused")]])
+    assert spool.unwritable is not None
+    assert "readonly" in spool.unwritable
+    spool.probe()
+    assert spool.state.unwritable is not None
+    spool.conn.execute("PRAGMA query_only=OFF")
+    spool.probe()
+    assert spool.unwritable is None
+    assert count(spool.path, "dedup") == 0  # the probe leaves nothing behind
+    spool.conn.execute("PRAGMA query_only=ON")
+    with pytest.raises(sqlite3.Error):
+        spool.write([[row("refused")]])
+    spool.conn.execute("PRAGMA query_only=OFF")
+    spool.write([[row("taken")]])
+    assert spool.unwritable is None
