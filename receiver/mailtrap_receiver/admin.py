@@ -40,6 +40,9 @@ class Lifecycle:
         # Each says why the receiver cannot take requests now (the spool cannot
         # write, say), or None; any reason fails /readyz, none fails /healthz.
         self.checks: list[Callable[[], str | None]] = []
+        # What went wrong and was dealt with (a corrupt spool recovered at start):
+        # shown on /healthz, which stays 200.
+        self.warnings: list[str] = []
 
     def stop(self, *, grace_period: float) -> None:
         """Start stopping now, with ``grace_period`` seconds to finish."""
@@ -77,6 +80,8 @@ def create_admin_app(*, lifecycle: Lifecycle, metrics: Metrics) -> web.Applicati
     async def healthz(request: web.Request) -> web.Response:
         if lifecycle.failure is not None:
             return _json(503, {"error": "unhealthy", "detail": lifecycle.failure})
+        if lifecycle.warnings:
+            return _json(200, {"status": "ok", "warnings": lifecycle.warnings})
         return _json(200, {"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:

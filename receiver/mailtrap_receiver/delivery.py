@@ -51,6 +51,7 @@ from .deadletters import DeadLetter, DeadLetterStore, MemoryDeadLetterStore, log
 from .dedup import DedupCache
 from .events import Event, EventName
 from .metrics import Metrics
+from .recovery import Recovery
 from .retry import backoff, verdict
 from .sinks import (
     Attempt,
@@ -415,6 +416,7 @@ class SpoolSink:
             on_failure=self._failed,
             max_dead_letters=config.delivery.max_dead_letters,
             dead_letter_retention=config.delivery.dead_letter_retention,
+            routes=self._targets_of,
         )
         self._expired = 0
         self.dead_letters = SpoolDeadLetterStore(self.spool)
@@ -442,6 +444,13 @@ class SpoolSink:
 
     async def start(self) -> None:
         await self.spool.open()
+        recovered = self.spool.recovered
+        if recovered is not None:
+            summary = Recovery(**recovered).summary()
+            self._metrics.spool_corruptions_total.inc()
+            log.error("spool recovered from corruption", **recovered)
+            if self._lifecycle is not None:
+                self._lifecycle.warnings.append(summary)
         self._expired = self.spool.expired
         self._metrics.dead_letters_stored.set_function(lambda: self.spool.dead_letters)
         self._metrics.store_writable.set_function(lambda: self.spool.unwritable is None)
@@ -491,6 +500,8 @@ class SpoolSink:
         return None if unwritable is None else f"the spool cannot write: {unwritable}"
 
     def _failed(self, reason: str) -> None:
+        if self.spool.corrupt is not None:
+            self._metrics.spool_corruptions_total.inc()
         if self._lifecycle is not None:
             self._lifecycle.failure = reason
 

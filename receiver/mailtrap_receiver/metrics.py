@@ -164,6 +164,13 @@ class Metrics:
             registry=r,
         )
         self.store_writable.set(1)
+        self.spool_corruptions_total = Counter(
+            PREFIX + "spool_corruptions",
+            "Times the spool was found damaged: at start (then moved aside and what is "
+            "readable recovered) or while running (then the receiver fails its probes, "
+            "so a restart recovers it). Durable mode.",
+            registry=r,
+        )
         self.dead_letters_stored = Gauge(
             PREFIX + "dead_letters_stored",
             "Dead letters kept in the spool (at most delivery.maxDeadLetters; durable mode).",

@@ -18,7 +18,10 @@ their spool ids) and the outcomes, and then the requests' futures resolve.
 If the writer process exits (it does when one of its threads fails), or handling
 its answers here raises, every waiting request fails (503), `failure` says why,
 and ``on_failure`` is told (the receiver then fails its liveness probe, so the
-container restarts and the spool, on its volume, is opened again). While the file
+container restarts and the spool, on its volume, is opened again). The writer
+exits so, after telling why, when it finds the file damaged (`corrupt`); opening it
+again then moves it aside and recovers what is readable (`recovery`, reported in
+`recovered`). While the file
 cannot be written (a full disk: each write fails, and the writer probes with a
 small write when idle), `unwritable` says why, and the receiver fails its
 readiness probe until a write works again.
@@ -33,7 +36,7 @@ import socket
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, cast
@@ -190,6 +193,7 @@ class Spool:
         on_failure: Callable[[str], None] | None = None,
         max_dead_letters: int = MAX_DEAD_LETTERS,
         dead_letter_retention: float = DEAD_LETTER_RETENTION,
+        routes: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.path = Path(path)
         self._targets = tuple(targets)
@@ -199,6 +203,7 @@ class Spool:
             dedup_window=dedup_window,
             max_dead_letters=max_dead_letters,
             dead_letter_retention=dead_letter_retention,
+            routes={name: tuple(names) for name, names in (routes or {}).items()},
         )
         self.max_dead_letters = max_dead_letters
         self._on_commit = on_commit
@@ -227,6 +232,10 @@ class Spool:
         # Dead letters made at open of the pending events of targets no longer
         # configured, per target.
         self.removed: dict[str, int] = {}
+        # The report of a corrupt file recovered at open (`recovery.Recovery`), and
+        # the damage the writer found while running (it then exits).
+        self.recovered: dict[str, Any] | None = None
+        self.corrupt: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -257,7 +266,7 @@ class Spool:
         if first[0] != "ready":
             await self._reap()
             raise SpoolError(first[1])
-        _, state, self.removed = first
+        _, state, self.removed, self.recovered = first
         self._apply(state)
         self._receiver = asyncio.create_task(self._receive(reader), name="spool-receiver")
         log.info(
@@ -508,6 +517,13 @@ class Spool:
                             future.set_exception(SpoolError(error))
                 elif kind == "state":
                     self._apply(message[1])
+                elif kind == "corrupt":
+                    self.corrupt = message[1]
+                    self._fail(
+                        f"the spool is corrupt ({self.corrupt}); restarting the receiver "
+                        "moves it aside and recovers what is readable"
+                    )
+                    return
                 elif kind == "stopped":
                     self.pending_events = message[1]
                     return
@@ -523,6 +539,8 @@ class Spool:
             self._fail("the spool writer process exited unexpectedly")
 
     def _fail(self, reason: str) -> None:
+        if self.failure is not None:  # the first reason is the one that tells
+            return
         self.failure = reason
         log.error("spool failed", reason=reason)
         failure = SpoolWriteFailed(reason)

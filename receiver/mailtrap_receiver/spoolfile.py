@@ -34,6 +34,13 @@ older file, or an empty one, up to date, one transaction per version):
 - ``dead_letters``: events given up on (target, reason, last status and answer,
   attempts, the event itself) and invalid events (no target).
 
+Damage. Opening the file runs SQLite's integrity check (``PRAGMA quick_check``,
+every page read); a damaged file is `SpoolCorrupt`, and the writer process moves
+it aside and copies what is readable into a fresh one (`recovery`) before it
+opens. A read or write that fails in a way damage could cause runs the same check
+(`looks_corrupt`, at most every `CHECK_INTERVAL`); damage found while running
+makes the writer tell the receiver and exit, and the receiver's restart recovers.
+
 Dead letters are bounded like pending events (``delivery.maxDeadLetters``, beside
 ``delivery.maxPendingEvents``) and kept for ``delivery.deadLetterRetention``:
 `SpoolFile.maintain` deletes older ones. When the store is full nothing is dropped:
@@ -163,6 +170,54 @@ class SpoolError(Exception):
     """The spool file cannot be used (not a spool, a newer schema, unwritable)."""
 
 
+class SpoolCorrupt(SpoolError):
+    """The spool file is damaged (`recovery.recover` saves what it can)."""
+
+
+# Primary result codes of failures that say nothing about the file's content.
+_TRANSIENT: Final = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_INTERRUPT,
+        sqlite3.SQLITE_CANTOPEN,
+    }
+)
+
+
+def integrity_problem(conn: sqlite3.Connection) -> str | None:
+    """What ``PRAGMA quick_check`` (every page read, no index cross-check) finds
+    wrong with the file, or None."""
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as error:
+        return str(error)
+    found = [str(row[0]) for row in rows]
+    return None if found == ["ok"] else "; ".join(found[:3])
+
+
+def may_be_corruption(error: sqlite3.Error) -> bool:
+    """Whether a failed statement could mean a damaged file: not a busy lock, a full
+    disk or a failing device, which the file's content does not cause. A value
+    that is not UTF-8 any more (Python's own error, without a code) may be."""
+    if not isinstance(error, sqlite3.DatabaseError):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is None or (code & 0xFF) not in _TRANSIENT
+
+
+def looks_corrupt(conn: sqlite3.Connection, error: sqlite3.Error) -> str | None:
+    """After ``error``: the damage the integrity check finds, or None."""
+    if not may_be_corruption(error):
+        return None
+    problem = integrity_problem(conn)
+    return None if problem is None else f"{error} (quick_check: {problem})"
+
+
 class Written(NamedTuple):
     """What one `SpoolFile.write` did."""
 
@@ -171,11 +226,22 @@ class Written(NamedTuple):
     held: list[int]  # event ids of dead outcomes held back (kept pending)
 
 
+def lenient_text(data: bytes) -> str:
+    """A TEXT value as str, with replacement characters where it is not UTF-8."""
+    return data.decode("utf-8", "replace")
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
-    """A connection with the spool's settings; transactions are explicit."""
+    """A connection with the spool's settings; transactions are explicit.
+
+    Text that is not UTF-8 any more (a damaged byte inside a row, which the
+    integrity check cannot see) reads with replacement characters rather than
+    failing every read of its row for ever: the event is still delivered, or
+    refused by its target and dead-lettered, never stuck."""
     conn = sqlite3.connect(
         str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT
     )
+    conn.text_factory = lenient_text
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: in WAL mode a commit is fsynced before it returns (NORMAL would not).
     conn.execute("PRAGMA synchronous=FULL")
@@ -542,17 +608,30 @@ class SpoolFile:
         self.unwritable = None
 
     def open(self) -> None:
-        """Create or migrate the file, dead-letter removed targets, count what is pending."""
+        """Check, create or migrate the file, dead-letter removed targets, count what
+        is pending. `SpoolCorrupt` when the file is damaged."""
+        conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = connect(self.path)
+            problem = integrity_problem(conn)
+            if problem is not None:
+                raise SpoolCorrupt(problem)
             migrate(conn)
             # Checkpoints run on a connection of their own, never in a commit.
             conn.execute("PRAGMA wal_autocheckpoint=0")
             self._dead_letter_removed_targets(conn)
-            self._conn = conn
             self._recount(conn)
+            self._conn = conn
+        except SpoolCorrupt:
+            if conn is not None:
+                conn.close()
+            raise
         except sqlite3.Error as error:
+            if conn is not None:
+                conn.close()
+            if may_be_corruption(error):
+                raise SpoolCorrupt(str(error)) from error
             raise SpoolError(f"cannot open the spool {self.path}: {error}") from error
         except OSError as error:
             raise SpoolError(f"cannot create the spool {self.path}: {error.strerror}") from error
@@ -842,7 +921,9 @@ class SpoolFile:
 # Receiver -> writer:  ("write", seq, stores, letter_groups, outcomes)
 #                      ("read", seq, name, kwargs)
 #                      ("stop",)
-# Writer -> receiver:  ("ready", state, removed)        once open
+# Writer -> receiver:  ("ready", state, removed, recovered)  once open (recovered: a
+#                                                        corrupt file's report, or None)
+#                      ("corrupt", message)             found damaged while running; exits
 #                      ("failed", message)              could not open; exits
 #                      ("written", seq, written, error, state)
 #                      ("read", seq, result, error)
@@ -869,6 +950,9 @@ class WriterSettings:
     dedup_window: float
     max_dead_letters: int = MAX_DEAD_LETTERS
     dead_letter_retention: float = DEAD_LETTER_RETENTION
+    # Which targets want each canonical event name: what recovering a corrupt file
+    # needs to give an event back the deliveries it lost.
+    routes: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
     def encode(self) -> str:
         return orjson.dumps(dataclasses.asdict(self)).decode()
@@ -876,7 +960,8 @@ class WriterSettings:
     @classmethod
     def decode(cls, text: str) -> WriterSettings:
         data = orjson.loads(text)
-        return cls(**{**data, "targets": tuple(data["targets"])})
+        routes = {name: tuple(targets) for name, targets in data.get("routes", {}).items()}
+        return cls(**{**data, "targets": tuple(data["targets"]), "routes": routes})
 
     def spool_file(self) -> SpoolFile:
         return SpoolFile(
@@ -889,8 +974,13 @@ class WriterSettings:
 
 
 FRAME_HEADER: Final = struct.Struct(">I")
-# The writer process's exit status when one of its threads failed.
+# The writer process's exit status when one of its threads failed, and when it found
+# the file damaged while running.
 EXIT_THREAD_FAILED: Final = 70
+EXIT_CORRUPT: Final = 71
+# A failed read or write is followed by an integrity check (which reads the whole
+# file) at most this often.
+CHECK_INTERVAL: Final = 60.0
 
 
 def encode_frame(message: object) -> bytes:
@@ -963,12 +1053,28 @@ def serve(sock: socket.socket, settings: WriterSettings) -> int:
     lock = threading.Lock()
     path = settings.path
     spool = settings.spool_file()
+    recovered: dict[str, Any] | None = None
     try:
-        spool.open()
-    except SpoolError as error:
+        try:
+            spool.open()
+        except SpoolCorrupt as corrupt:
+            # Its own module, loaded only when a file is found damaged.
+            from .recovery import recover
+
+            report = recover(
+                path,
+                reason=str(corrupt),
+                targets=settings.targets,
+                routes=settings.routes,
+                dedup_window=settings.dedup_window,
+            )
+            print(f"spool: {report.summary()}", file=sys.stderr)
+            recovered = report.as_json()
+            spool.open()
+    except (SpoolError, sqlite3.Error, OSError) as error:
         send_frame(sock, ("failed", str(error)))
         return 1
-    send_frame(sock, ("ready", spool.state, spool.removed))
+    send_frame(sock, ("ready", spool.state, spool.removed, recovered))
 
     writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
     reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -979,6 +1085,21 @@ def serve(sock: socket.socket, settings: WriterSettings) -> int:
         # the loop below sees the closed socket too and stops everything.
         with contextlib.suppress(OSError):
             send_frame(sock, message, lock)
+
+    checked = [0.0]
+
+    def check(conn: sqlite3.Connection, error: sqlite3.Error) -> None:
+        """After a failed statement: if the file is damaged, say so and exit (the
+        receiver restarts, and opening the file again recovers what is readable)."""
+        if time.monotonic() - checked[0] < CHECK_INTERVAL or not may_be_corruption(error):
+            return
+        checked[0] = time.monotonic()
+        problem = looks_corrupt(conn, error)
+        if problem is not None:
+            print(f"spool: the file is damaged: {problem}", file=sys.stderr)
+            answer(("corrupt", problem))
+            sys.stderr.flush()
+            os._exit(EXIT_CORRUPT)
 
     def writer() -> None:
         maintained = time.monotonic()
@@ -999,6 +1120,7 @@ def serve(sock: socket.socket, settings: WriterSettings) -> int:
                 try:
                     written = spool.write(stores, letters, outcomes)
                 except sqlite3.Error as failure:
+                    check(spool.conn, failure)
                     error = str(failure)
                 except Exception as failure:
                     # A bug, not the disk: still answered, so the requests fail (503)
@@ -1017,6 +1139,7 @@ def serve(sock: socket.socket, settings: WriterSettings) -> int:
                     if spool.unwritable is None:
                         spool.maintain()
                 except sqlite3.Error as failure:
+                    check(spool.conn, failure)
                     print(f"spool: maintenance failed: {failure}", file=sys.stderr)
                 except Exception:
                     print("spool: maintenance failed:", file=sys.stderr)
@@ -1033,6 +1156,7 @@ def serve(sock: socket.socket, settings: WriterSettings) -> int:
                     with transaction(conn, write=False):  # one snapshot per read
                         result = READS[name](conn, **kwargs)
                 except sqlite3.Error as failure:
+                    check(conn, failure)
                     answer(("read", seq, None, str(failure)))
                     continue
                 except Exception as failure:

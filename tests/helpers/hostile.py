@@ -90,6 +90,7 @@ class InternetReceiver:
     process: ReceiverProcess
     secrets: Secrets
     spool: Path
+    config: Path
 
     def sign(self, body: bytes) -> dict[str, str]:
         return {
@@ -133,7 +134,7 @@ async def internet_receiver(
     path = write_config(tmp_path / f"{name}.json", config)
     process = await start_receiver_async(config=path)
     try:
-        yield InternetReceiver(process, secrets, Path(config["delivery"]["spoolPath"]))
+        yield InternetReceiver(process, secrets, Path(config["delivery"]["spoolPath"]), path)
     finally:
         process.kill()
 

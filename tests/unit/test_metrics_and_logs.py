@@ -37,6 +37,7 @@ EXPECTED_METRICS = {
     "mailtrap_webhook_dead_letters_total": "counter",
     "mailtrap_webhook_dead_letters_stored": "gauge",
     "mailtrap_webhook_store_writable": "gauge",
+    "mailtrap_webhook_spool_corruptions_total": "counter",
     "mailtrap_webhook_dead_letters_expired_total": "counter",
     "mailtrap_webhook_dead_letters_held_total": "counter",
     "mailtrap_webhook_end_to_end_lag_seconds": "histogram",
