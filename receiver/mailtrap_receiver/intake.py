@@ -88,11 +88,6 @@ class BodyIntake:
         self._trim = _malloc_trim()
         self._trim_timer: asyncio.TimerHandle | None = None
 
-    @property
-    def arriving(self) -> int:
-        """Bodies still arriving, from every client."""
-        return sum(self._arriving.values())
-
     async def read(self, request: web.Request) -> bytes:
         """The whole body of ``request``, or `Rejected` (see the module docstring)."""
         limit = self._limit

@@ -20,7 +20,7 @@ import os
 import resource
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -248,6 +248,36 @@ class SlowClients:
             pass
         finally:
             self.open -= 1
+            writer.close()
+
+
+def client(*, fresh: bool = False) -> aiohttp.ClientSession:
+    """A client session for signed requests; ``fresh``: a new connection per request,
+    as a sender that keeps none would (each request then has to get through the
+    accept queue and the header timer)."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(force_close=fresh),
+        timeout=aiohttp.ClientTimeout(total=60),
+    )
+
+
+@contextlib.asynccontextmanager
+async def bodies_begun(
+    receiver: ReceiverProcess, sources: Sequence[str], *, length: int, sent: bytes = b"{"
+) -> AsyncIterator[list[asyncio.StreamWriter]]:
+    """A request from each of ``sources`` whose body (``length`` bytes declared)
+    stops after ``sent``; every connection is closed on the way out."""
+    writers: list[asyncio.StreamWriter] = []
+    try:
+        for local in sources:
+            _, writer = await asyncio.open_connection(
+                receiver.host, receiver.port, local_addr=(local, 0)
+            )
+            writer.write(slow_body_head(length) + sent)
+            writers.append(writer)
+        yield writers
+    finally:
+        for writer in writers:
             writer.close()
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
 
 from tests.helpers import fixtures
-from tests.helpers.hostile import InternetReceiver, internet_receiver, signed_post
+from tests.helpers.hostile import InternetReceiver, client, internet_receiver, signed_post
 from tests.helpers.processes import dlq, scrape
 from tests.helpers.processes import sample_value as value
 from tests.helpers.targets import RecordingTarget
@@ -35,14 +34,10 @@ async def stored_letters(receiver: InternetReceiver) -> list[dict[str, object]]:
     return letters
 
 
-def session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-
-
 async def test_a_thousand_invalid_events_are_one_log_line(
     tmp_path: Path, target: RecordingTarget
 ) -> None:
-    async with internet_receiver(tmp_path, target_url=target.url) as receiver, session() as http:
+    async with internet_receiver(tmp_path, target_url=target.url) as receiver, client() as http:
         body = b'{"events":[' + b",".join([b"{}"] * 1000) + b"]}"
         started = time.monotonic()
         status, answer, _ = await signed_post(http, receiver, body)
@@ -66,7 +61,7 @@ async def test_a_full_store_answers_503_and_loses_nothing(
     settings = {"delivery": {"maxDeadLetters": 5}}
     async with (
         internet_receiver(tmp_path, target_url=target.url, settings=settings) as receiver,
-        session() as http,
+        client() as http,
     ):
         first, second = delivery_event(), delivery_event()
         status, answer, _ = await signed_post(http, receiver, json_body(first, {}, {}, {}))
@@ -109,7 +104,7 @@ async def test_dead_letters_expire_after_their_retention(
     settings = {"delivery": {"deadLetterRetention": "1s"}}
     async with (
         internet_receiver(tmp_path, target_url=target.url, settings=settings) as receiver,
-        session() as http,
+        client() as http,
     ):
         status, answer, _ = await signed_post(http, receiver, json_body({}, {}, {}))
         assert (status, answer["invalid"]) == (200, 3)

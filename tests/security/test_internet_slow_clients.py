@@ -15,7 +15,6 @@ import statistics
 import time
 from pathlib import Path
 
-import aiohttp
 import orjson
 import pytest
 
@@ -23,6 +22,8 @@ from tests.helpers import fixtures
 from tests.helpers.hostile import (
     MIB,
     PATH,
+    bodies_begun,
+    client,
     internet_receiver,
     raise_open_files_limit,
     raw_exchange,
@@ -47,15 +48,6 @@ MEMORY_LIMIT = 256 * MIB
 HEADER_TIMEOUT = 5.0  # limits.headerTimeout's default
 
 
-def fresh_session() -> aiohttp.ClientSession:
-    # A new connection per request, as a sender that does not keep one would: each
-    # request has to get through the accept queue and the header timer.
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(force_close=True),
-        timeout=aiohttp.ClientTimeout(total=30),
-    )
-
-
 async def test_signed_requests_are_served_through_a_slowloris_attack(
     tmp_path: Path, target: RecordingTarget
 ) -> None:
@@ -63,7 +55,7 @@ async def test_signed_requests_are_served_through_a_slowloris_attack(
     async with (
         internet_receiver(tmp_path, target_url=target.url) as receiver,
         slow_clients_process(receiver.process, count=1100, sources=11, seconds=180) as attack,
-        fresh_session() as session,
+        client(fresh=True) as session,
     ):
         pid = receiver.process.process.pid
         await eventually(lambda: attack.open >= 1000, within=60, interval=0.2)
@@ -108,29 +100,22 @@ async def test_partial_bodies_cannot_exhaust_memory_and_it_comes_back(
         process = receiver.process
         pid = process.process.pid
         baseline = rss(pid)
-        writers = []
-        try:
-            # 200 bodies of 1 MiB, all but the last byte sent at once, from 10 addresses.
-            for number in range(200):
-                _, writer = await asyncio.open_connection(
-                    process.host, process.port, local_addr=(source(2, number % 10), 0)
-                )
-                writer.write(slow_body_head(MIB) + b" " * (MIB - 1))
-                writers.append(writer)
-            async with fresh_session() as session:
-                peak = baseline
-                deadline = time.monotonic() + 10
-                while time.monotonic() < deadline:
-                    peak = max(peak, rss(pid))
-                    status, _, _ = await signed_post(session, receiver, json_body(delivery_event()))
-                    assert status == 200
-                    await asyncio.sleep(0.2)
+        # 200 bodies of 1 MiB, all but the last byte sent at once, from 10 addresses.
+        sources = [source(2, number % 10) for number in range(200)]
+        async with (
+            bodies_begun(process, sources, length=MIB, sent=b" " * (MIB - 1)),
+            client(fresh=True) as session,
+        ):
+            peak = baseline
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                peak = max(peak, rss(pid))
+                status, _, _ = await signed_post(session, receiver, json_body(delivery_event()))
+                assert status == 200
+                await asyncio.sleep(0.2)
             samples = await scrape(process)
             held = value(samples, "mailtrap_webhook_arriving_body_bytes")
             busy = value(samples, "mailtrap_webhook_refused_total", reason="receiver_busy")
-        finally:
-            for writer in writers:
-                writer.close()
         # Every partial body gone (closed by the client here); give glibc its trim.
         await eventually(lambda: rss(pid) < baseline + 48 * MIB, within=30, interval=0.5)
         after = rss(pid)
@@ -196,61 +181,38 @@ async def test_an_idle_keep_alive_connection_outlives_the_header_timeout(
 
 async def test_slow_bodies_hold_no_processing_slot(tmp_path: Path, target: RecordingTarget) -> None:
     settings = {"maxInFlightRequests": 2}
-    async with internet_receiver(tmp_path, target_url=target.url, settings=settings) as receiver:
-        process = receiver.process
-        writers = []
-        try:
-            for number in range(20):
-                _, writer = await asyncio.open_connection(
-                    process.host, process.port, local_addr=(source(3, number), 0)
-                )
-                writer.write(slow_body_head(1000) + b"{")
-                writers.append(writer)
-            await asyncio.sleep(0.5)
-            async with fresh_session() as session:
-                for _ in range(5):
-                    status, answer, _ = await signed_post(
-                        session, receiver, json_body(delivery_event())
-                    )
-                    assert status == 200, answer
-        finally:
-            for writer in writers:
-                writer.close()
+    async with (
+        internet_receiver(tmp_path, target_url=target.url, settings=settings) as receiver,
+        bodies_begun(receiver.process, [source(3, n) for n in range(20)], length=1000),
+        client(fresh=True) as session,
+    ):
+        await asyncio.sleep(0.5)
+        for _ in range(5):
+            status, answer, _ = await signed_post(session, receiver, json_body(delivery_event()))
+            assert status == 200, answer
 
 
 async def test_a_source_gets_its_share_of_bodies_still_arriving(
     tmp_path: Path, target: RecordingTarget
 ) -> None:
     settings = {"limits": {"maxBodyReadsPerSource": 3}}
-    async with internet_receiver(tmp_path, target_url=target.url, settings=settings) as receiver:
+    async with (
+        internet_receiver(tmp_path, target_url=target.url, settings=settings) as receiver,
+        bodies_begun(receiver.process, [source(4, 1)] * 3, length=1000),
+    ):
         process = receiver.process
-        writers = []
-        try:
-            for _ in range(3):
-                _, writer = await asyncio.open_connection(
-                    process.host, process.port, local_addr=(source(4, 1), 0)
-                )
-                writer.write(slow_body_head(1000) + b"{")
-                writers.append(writer)
-            await asyncio.sleep(0.5)
-            # A fourth from the same address is turned away at once; another address is not.
-            answer, _ = await raw_exchange(
-                process.host, process.port, slow_body_head(1000), local=source(4, 1), within=10
-            )
-            head, _, body = answer.partition(b"\r\n\r\n")
-            assert head.startswith(b"HTTP/1.1 429"), answer
-            assert orjson.loads(body)["error"] == "source_busy"
-            answer, _ = await raw_exchange(
-                process.host,
-                process.port,
-                slow_body_head(2) + b"{}",
-                local=source(4, 2),
-                within=10,
-            )
-            assert answer.startswith(b"HTTP/1.1 401"), answer  # read, then unsigned
-        finally:
-            for writer in writers:
-                writer.close()
+        await asyncio.sleep(0.5)
+        # A fourth from the same address is turned away at once; another address is not.
+        answer, _ = await raw_exchange(
+            process.host, process.port, slow_body_head(1000), local=source(4, 1), within=10
+        )
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 429"), answer
+        assert orjson.loads(body)["error"] == "source_busy"
+        answer, _ = await raw_exchange(
+            process.host, process.port, slow_body_head(2) + b"{}", local=source(4, 2), within=10
+        )
+        assert answer.startswith(b"HTTP/1.1 401"), answer  # read, then unsigned
 
 
 async def test_past_the_connection_limit_the_longest_idle_connection_goes(
@@ -267,7 +229,7 @@ async def test_past_the_connection_limit_the_longest_idle_connection_goes(
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
                 assert head.startswith(b"HTTP/1.1 405")
                 idle.append((reader, writer))
-            async with fresh_session() as session:
+            async with client(fresh=True) as session:
                 status, _, _ = await signed_post(session, receiver, json_body(delivery_event()))
             assert status == 200
             # The first idle connection made room: the receiver closed it.

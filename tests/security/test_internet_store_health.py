@@ -18,12 +18,17 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 import pytest
 
 from tests.helpers import fixtures
-from tests.helpers.hostile import InternetReceiver, children_of, internet_receiver, signed_post
+from tests.helpers.hostile import (
+    InternetReceiver,
+    children_of,
+    client,
+    internet_receiver,
+    signed_post,
+)
 from tests.helpers.processes import ReceiverProcess, http_status, scrape, start_receiver_async
 from tests.helpers.processes import sample_value as value
 from tests.helpers.spools import damage_page
@@ -45,10 +50,7 @@ def writer_of(receiver: InternetReceiver) -> int:
 
 
 async def probe_of(process: ReceiverProcess, path: str) -> tuple[int, dict[str, Any]]:
-    async with (
-        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
-        session.get(process.admin_url + path) as response,
-    ):
+    async with client() as session, session.get(process.admin_url + path) as response:
         return response.status, orjson.loads(await response.read())
 
 
@@ -56,14 +58,10 @@ async def probe(receiver: InternetReceiver, path: str) -> tuple[int, dict[str, A
     return await probe_of(receiver.process, path)
 
 
-def session() -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
-
-
 async def test_readiness_fails_while_the_spool_cannot_write_and_comes_back(
     tmp_path: Path, target: RecordingTarget
 ) -> None:
-    async with internet_receiver(tmp_path, target_url=target.url) as receiver, session() as http:
+    async with internet_receiver(tmp_path, target_url=target.url) as receiver, client() as http:
         writer = writer_of(receiver)
         soft, hard = resource.prlimit(writer, resource.RLIMIT_FSIZE)
         # No file of the writer may grow past one byte: every write fails, as on a
@@ -93,13 +91,13 @@ async def test_readiness_fails_while_the_spool_cannot_write_and_comes_back(
         status, answer, _ = await signed_post(http, receiver, json_body(event))
         assert (status, answer["accepted"]) == (200, 1)
         await eventually(lambda: event["event_id"] in target.event_ids())
-        assert '"spool writable again"' in receiver.process.log()
+        await eventually(lambda: '"spool writable again"' in receiver.process.log())
 
 
 async def test_a_killed_writer_fails_readiness_and_liveness(
     tmp_path: Path, target: RecordingTarget
 ) -> None:
-    async with internet_receiver(tmp_path, target_url=target.url) as receiver, session() as http:
+    async with internet_receiver(tmp_path, target_url=target.url) as receiver, client() as http:
         os.kill(writer_of(receiver), signal.SIGKILL)
 
         async def unhealthy() -> bool:
@@ -130,7 +128,7 @@ def damage_value(spool: Path, value: bytes) -> None:
 async def accept_while_the_target_is_down(
     receiver: InternetReceiver, target: RecordingTarget, events: list[dict[str, object]]
 ) -> None:
-    async with session() as http:
+    async with client() as http:
         for start in range(0, len(events), 40):
             body = json_body(*events[start : start + 40])
             status, answer, _ = await signed_post(http, receiver, body)
@@ -191,6 +189,7 @@ async def test_a_damaged_value_inside_a_row_does_not_stick_its_event(
             await target.start()
             wanted = {event["event_id"] for event in events}
             await eventually(lambda: set(target.event_ids()) == wanted, within=120)
+            await eventually(lambda: '"outcome":"delivered"' in again.log())  # written out
             assert "reading the spool failed" not in again.log()
             assert (await probe_of(again, "/healthz"))[0] == 200
         finally:

@@ -145,6 +145,11 @@ def _run_logging(fmt: str) -> str:
         "structlog.get_logger().debug('hidden')\n"
         "logging.getLogger('aiohttp.server').error('from the stdlib')\n"
     )
+    return _run(code)
+
+
+def _run(code: str) -> str:
+    """What ``code`` prints to stdout in a fresh interpreter (logging is process-wide)."""
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
@@ -184,13 +189,11 @@ def test_console_tracebacks_are_plain_whatever_is_installed() -> None:
         "except ValueError:\n"
         "    structlog.get_logger().exception('failed')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert "Traceback (most recent call last)" in done.stdout
-    assert "ValueError: boom" in done.stdout
-    assert "FANCY" not in done.stdout
-    assert "do-not-print" not in done.stdout
+    output = _run(code)
+    assert "Traceback (most recent call last)" in output
+    assert "ValueError: boom" in output
+    assert "FANCY" not in output
+    assert "do-not-print" not in output
 
 
 def test_an_unparsable_request_is_logged_without_its_traceback() -> None:
@@ -209,11 +212,9 @@ def test_an_unparsable_request_is_logged_without_its_traceback() -> None:
         "except ValueError:\n"
         "    logging.getLogger('aiohttp.server').exception('Unhandled exception')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    parse_error, bug = (orjson.loads(line) for line in done.stdout.splitlines())
+    output = _run(code)
+    parse_error, bug = (orjson.loads(line) for line in output.splitlines())
     assert parse_error["msg"] == "Error handling request (BadHttpMessage)"
-    assert "c2VjcmV0" not in done.stdout
+    assert "c2VjcmV0" not in output
     assert "exception" not in parse_error
     assert "ValueError: a bug" in bug["exception"]  # other errors keep their traceback

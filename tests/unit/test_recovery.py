@@ -13,6 +13,7 @@ import pytest
 from mailtrap_receiver.recovery import Recovery, recover
 from mailtrap_receiver.spoolfile import (
     LetterRow,
+    PendingRow,
     SpoolCorrupt,
     SpoolFile,
     StoreRow,
@@ -61,6 +62,12 @@ def reopened(path: Path) -> SpoolFile:
     return spool
 
 
+def due(spool: SpoolFile, target: str) -> list[PendingRow]:
+    """Every pending row of ``target``, as a delivery worker's poll reads them."""
+    loaded, _, _ = poll_pending(spool.conn, target=target, now=2e9, held=[], room=1000)
+    return loaded
+
+
 def test_an_intact_spool_opens_as_always(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     filled(path)
@@ -86,7 +93,7 @@ def test_a_damaged_events_page_is_found_and_the_rest_recovered(tmp_path: Path) -
     try:
         assert spool.pending_events == report.events
         assert spool.depth == {"a": report.events, "b": report.events}
-        loaded, _, _ = poll_pending(spool.conn, target="a", now=2e9, held=[], room=1000)
+        loaded = due(spool, "a")
         assert {item[0] for item in loaded} <= set(ids)
         assert len(loaded) == report.events
         # A recovered event is still a duplicate when Mailtrap sends it again.
@@ -107,8 +114,7 @@ def test_an_event_whose_pending_rows_are_gone_is_delivered_again(tmp_path: Path)
     spool = reopened(path)
     try:
         for target in ("a", "b"):
-            loaded, _, _ = poll_pending(spool.conn, target=target, now=2e9, held=[], room=1000)
-            assert sorted(item[0] for item in loaded) == sorted(ids)
+            assert sorted(item[0] for item in due(spool, target)) == sorted(ids)
     finally:
         spool.close()
 
