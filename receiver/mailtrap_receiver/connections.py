@@ -242,7 +242,7 @@ class GuardedConnection(web.RequestHandler):
     def _header_timeout(self) -> None:
         self._header_timer = None
         transport = self.transport
-        if self._in_request or transport is None:
+        if self._in_request or transport is None or transport.is_closing():
             return
         if self._partial:
             transport.write(self._guard.timeout_answer)
