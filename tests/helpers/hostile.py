@@ -6,7 +6,8 @@ test's directory) whose signing secret and basic-auth credentials are canaries
 (`tests.helpers.canary`), and always kills it. `SlowClients` keeps many
 connections open from several loopback source addresses (Linux routes all of
 127.0.0.0/8 to loopback), each sending a request one byte a second, reconnecting
-when the receiver closes it, for as long as the test says. `raw_exchange` sends
+when the receiver closes it, for as long as the test says; `slow_clients_process`
+runs them in a process of their own. `raw_exchange` sends
 bytes as they are and returns what comes back. `rss` is the memory of a process
 and its children (the receiver and its spool writer). Every loop here is bounded
 in count and in time.
@@ -185,14 +186,16 @@ SLOW_HEADERS = (
 
 @dataclass
 class SlowClients:
-    """``count`` connections that each send a request one byte a second: half of
-    them a body after complete headers, half their headers themselves (slowloris).
-    A connection the receiver closes (or answers) is opened again, at most once a
-    second per slot. Run it with ``async with``; `open` says how many are connected."""
+    """Connections that each send a request one byte a second: ``bodies`` of them a
+    body after complete headers, ``headers`` of them their headers themselves
+    (slowloris), from ``sources`` loopback addresses. A connection the receiver
+    closes (or answers) is opened again, at most once a second per slot. Run it with
+    ``async with``; `open` says how many are connected."""
 
     host: str
     port: int
-    count: int
+    bodies: int
+    headers: int = 0
     group: int = 1
     sources: int = 11
     open: int = 0
@@ -202,7 +205,8 @@ class SlowClients:
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     async def __aenter__(self) -> SlowClients:
-        self._tasks = [asyncio.create_task(self._slot(n)) for n in range(self.count)]
+        count = self.bodies + self.headers
+        self._tasks = [asyncio.create_task(self._slot(n, count)) for n in range(count)]
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -211,13 +215,14 @@ class SlowClients:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _slot(self, number: int) -> None:
+    async def _slot(self, number: int, count: int) -> None:
         local = source(self.group, number % self.sources)
         # Either way more bytes to trickle than a test lasts seconds.
-        head = slow_body_head(100_000) if number % 2 else SLOW_HEADERS[:40]
-        trickle = b" " * 1000 if number % 2 else SLOW_HEADERS[40:]
+        body = number < self.bodies
+        head = slow_body_head(100_000) if body else SLOW_HEADERS[:40]
+        trickle = b" " * 1000 if body else SLOW_HEADERS[40:]
         # Spread the first connections over a second, as a real attack ramps up.
-        await asyncio.sleep(number / self.count)
+        await asyncio.sleep(number / count)
         while not self._stop.is_set():
             opened = time.monotonic()
             with contextlib.suppress(OSError):
@@ -293,9 +298,11 @@ async def signed_post(
     return response.status, orjson.loads(answer) if answer else None, time.monotonic() - started
 
 
-async def _attack(host: str, port: int, count: int, sources: int, seconds: float) -> None:
+async def _attack(
+    host: str, port: int, bodies: int, headers: int, sources: int, seconds: float
+) -> None:
     raise_open_files_limit()
-    async with SlowClients(host, port, count, sources=sources) as clients:
+    async with SlowClients(host, port, bodies, headers, sources=sources) as clients:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
             await asyncio.sleep(1.0)
@@ -308,16 +315,16 @@ async def _attack(host: str, port: int, count: int, sources: int, seconds: float
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m tests.helpers.hostile HOST PORT COUNT SOURCES SECONDS``: run
-    `SlowClients` in a process of its own (so its thousand coroutines do not slow
+    """``python -m tests.helpers.hostile HOST PORT BODIES HEADERS SOURCES SECONDS``:
+    run `SlowClients` in a process of its own (so its thousand coroutines do not slow
     the test's own requests), printing a JSON status line every second."""
-    host, port, count, sources, seconds = (sys.argv[1:] if argv is None else argv)[:5]
-    asyncio.run(_attack(host, int(port), int(count), int(sources), float(seconds)))
+    host, port, bodies, headers, sources, seconds = (sys.argv[1:] if argv is None else argv)[:6]
+    asyncio.run(_attack(host, int(port), int(bodies), int(headers), int(sources), float(seconds)))
 
 
 @contextlib.asynccontextmanager
 async def slow_clients_process(
-    receiver: ReceiverProcess, *, count: int, sources: int, seconds: float
+    receiver: ReceiverProcess, *, bodies: int, headers: int, sources: int, seconds: float
 ) -> AsyncIterator[AttackStatus]:
     """`SlowClients` in their own process for at most ``seconds``, killed on the way out;
     the status it last reported is kept up to date."""
@@ -327,7 +334,8 @@ async def slow_clients_process(
         "tests.helpers.hostile",
         receiver.host,
         str(receiver.port),
-        str(count),
+        str(bodies),
+        str(headers),
         str(sources),
         str(seconds),
         cwd=REPO,
