@@ -45,6 +45,7 @@ from typing import Final, cast
 import aiohttp
 import structlog
 
+from . import egress
 from .admin import Lifecycle
 from .config import ReceiverConfig, RetryPolicy
 from .deadletters import DeadLetter, DeadLetterStore, MemoryDeadLetterStore, log_dead_letters
@@ -52,7 +53,7 @@ from .dedup import DedupCache
 from .events import Event, EventName
 from .metrics import Metrics
 from .recovery import Recovery
-from .retry import backoff, verdict
+from .retry import backoff
 from .sinks import (
     Attempt,
     ForwardingSink,
@@ -66,7 +67,7 @@ from .sinks import (
     new_session,
     post,
 )
-from .spool import Outcome, Spool, SpoolError, StoredEntry
+from .spool import DeadReason, Outcome, Spool, SpoolError, StoredEntry
 from .spoolfile import PendingRow, StoredDeadLetter
 
 # How often an idle worker looks at the spool for rows it does not hold.
@@ -283,7 +284,7 @@ class TargetWorker:
 
     def _judge(self, jobs: list[Job], attempt: Attempt) -> list[Outcome]:
         target = self.route.name
-        kind = verdict(attempt.status)
+        kind = attempt.verdict
         if kind == "delivered":
             return [Outcome("delivered", target, job.payload, job.attempts + 1) for job in jobs]
         answer = f"HTTP {attempt.status}" if attempt.status is not None else attempt.error
@@ -293,6 +294,11 @@ class TargetWorker:
         # tried again at the longest backoff.
         held_until = now + policy.max_backoff
         if kind == "dead":
+            reason: DeadReason = "rejected"
+            detail = f"the target refused the event ({answer})"
+            if attempt.error == egress.DENIED:
+                reason = "egress_denied"
+                detail = "the target's address is one the operator denies (deniedTargetRanges)"
             return [
                 Outcome(
                     "dead",
@@ -301,9 +307,10 @@ class TargetWorker:
                     job.attempts + 1,
                     next_attempt_at=held_until,
                     status=attempt.status,
+                    error=attempt.error,
                     response=attempt.response,
-                    reason="rejected",
-                    detail=f"the target refused the event ({answer})",
+                    reason=reason,
+                    detail=detail,
                 )
                 for job in jobs
             ]
@@ -458,7 +465,7 @@ class SpoolSink:
             self._lifecycle.checks.append(self._cannot_write)
         for target, count in self.spool.removed.items():
             self._metrics.dead_letter(target, "target_removed", count)
-        self._session = new_session()
+        self._session = new_session(self._routes.denied)
         self._tasks = [
             asyncio.create_task(worker.run(), name=f"deliver-{name}")
             for name, worker in self.workers.items()

@@ -21,6 +21,7 @@ import yaml
 from mailtrap_operator import __version__
 from mailtrap_operator import settings as operator_settings
 from mailtrap_operator.metrics import OperatorMetrics
+from mailtrap_operator.policy import Policy
 from mailtrap_receiver.metrics import Metrics as ReceiverMetrics
 from tests.helpers.chart import CHART, CI_VALUES, find, helm, permissions, render, rules_of
 from tests.helpers.cluster import REPO
@@ -131,6 +132,18 @@ def test_a_service_monitor_without_its_service_is_refused() -> None:
         ({"metrics": {"port": 70000}}, "/metrics/port"),
         ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor"),
         ({"crds": {"keep": "yes"}}, "/crds/keep"),
+        ({"policy": {"requireSecretLabel": "yes"}}, "/policy/requireSecretLabel"),
+        ({"policy": {"allowEverything": True}}, "'allowEverything' not allowed"),
+        (
+            {
+                "policy": {
+                    "allowedIngressAnnotations": ["nginx.ingress.kubernetes.io/server-snippet"]
+                }
+            },
+            "/policy/allowedIngressAnnotations/0",
+        ),
+        ({"policy": {"deniedTargetCidrs": ["10.0.0.0"]}}, "/policy/deniedTargetCidrs/0"),
+        ({"policy": {"allowedPodLabels": "team"}}, "/policy/allowedPodLabels"),
     ],
 )
 def test_the_schema_refuses_wrong_values(values: dict[str, Any], complaint: str) -> None:
@@ -313,6 +326,18 @@ def test_the_operator_reads_every_variable_the_chart_sets(scenario: Path | None)
     assert parsed.receiver_image_pull_policy == receiver.get("imagePullPolicy", own_policy)
     port = container["ports"][0]["containerPort"]
     assert parsed.metrics_port == port
+    # The chart's policy is the operator's: by default, the same secure defaults.
+    chart_defaults = yaml.safe_load((CHART / "values.yaml").read_text())["policy"]
+    policy = {**chart_defaults, **values.get("policy", {})}
+    for name in Policy.__dataclass_fields__:
+        first, *rest = name.split("_")
+        value = policy[first + "".join(word.title() for word in rest)]
+        parsed_value = getattr(parsed.policy, name)
+        if isinstance(parsed_value, tuple):
+            parsed_value = [str(item) for item in parsed_value]
+        assert parsed_value == value, name
+    if not values.get("policy"):
+        assert parsed.policy == Policy()
 
 
 def test_a_receiver_image_of_its_own_keeps_the_clusters_pull_policy() -> None:
@@ -432,7 +457,11 @@ def exposed_series() -> set[str]:
 def test_the_dashboard_plots_only_metrics_that_exist() -> None:
     dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
     queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-    queries.append(dashboard["templating"]["list"][1]["query"]["query"])
+    queries += [
+        variable["query"]["query"]
+        for variable in dashboard["templating"]["list"]
+        if variable["type"] == "query"
+    ]
     used = {name for query in queries for name in re.findall(r"\bmailtrap_[a-z_]+", query)}
     assert used
     assert used <= exposed_series(), used - exposed_series()
@@ -440,6 +469,26 @@ def test_the_dashboard_plots_only_metrics_that_exist() -> None:
     assert all(panel["targets"] for panel in dashboard["panels"])
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_the_dashboard_filters_receivers_by_namespace_and_webhook() -> None:
+    dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    variables = {item["name"]: item for item in dashboard["templating"]["list"]}
+    assert {"namespace", "webhook"} <= set(variables)
+    # The webhook list follows the namespaces chosen, and shows resource names.
+    assert "$namespace" in variables["webhook"]["query"]["query"]
+    assert variables["webhook"]["regex"] == "/^(.*)-receiver$/"
+    receiver_queries = [
+        target["expr"]
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        if "mailtrap_webhook_" in target["expr"]
+    ]
+    assert receiver_queries
+    for query in receiver_queries:
+        for selector in re.findall(r"mailtrap_webhook_[a-z_]+(\{[^}]*\})?", query):
+            assert 'namespace=~"$namespace"' in selector, query
+            assert 'service=~"$webhook-receiver"' in selector, query
 
 
 def test_the_dashboard_configmap_carries_the_sidecar_label() -> None:
