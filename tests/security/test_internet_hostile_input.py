@@ -1,6 +1,7 @@
 """Malformed HTTP and signed-but-hostile bodies get clear errors, never a 500, a leak
 or unbounded keys (issue 10, receiver items 6, 7 and 9), against real receiver
-processes on loopback.
+processes on loopback. The answers go to the ``evidence`` the folder's leak check
+(test_canary.py) searches, as do the receivers' logs.
 
 Before the fix: ``Authorization: Basic <valid>\\x7f`` got aiohttp's text/plain 400
 whose body quoted the header, credential included, and the log held it too; JSON
@@ -32,6 +33,7 @@ from tests.helpers.processes import sample_value as value
 from tests.helpers.targets import RecordingTarget
 from tests.helpers.waiting import eventually
 from tests.helpers.webhooks import delivery_event, json_body
+from tests.security.conftest import Evidence
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +50,7 @@ def log_lines(text: str) -> list[dict[str, object]]:
 
 
 async def test_a_malformed_header_gets_json_and_leaves_no_credential_behind(
-    tmp_path: Path, target: RecordingTarget
+    tmp_path: Path, target: RecordingTarget, evidence: Evidence
 ) -> None:
     async with internet_receiver(tmp_path, target_url=target.url, basic_auth=True) as receiver:
         process, secrets = receiver.process, receiver.secrets
@@ -69,7 +71,7 @@ async def test_a_malformed_header_gets_json_and_leaves_no_credential_behind(
             assert head.split(b" ")[1] == b"400", answer
             assert b"application/json" in head
             assert body["error"] == "malformed_request"
-            answers.append(answer.decode(errors="replace"))
+            answers.append(evidence.add("malformed header answer", answer.decode(errors="replace")))
         assert "too long" in answers[1]
         samples = await scrape(process)
         await eventually(lambda: process.log().count('"malformed_request"') >= 2)
