@@ -23,7 +23,16 @@ from mailtrap_operator import settings as operator_settings
 from mailtrap_operator.metrics import OperatorMetrics
 from mailtrap_operator.policy import Policy
 from mailtrap_receiver.metrics import Metrics as ReceiverMetrics
-from tests.helpers.chart import CHART, CI_VALUES, find, helm, permissions, render, rules_of
+from tests.helpers.chart import (
+    CHART,
+    CI_VALUES,
+    aggregated,
+    find,
+    helm,
+    permissions,
+    render,
+    rules_of,
+)
 from tests.helpers.cluster import REPO
 
 SCENARIOS = [None, *CI_VALUES]
@@ -90,6 +99,7 @@ def test_the_ci_scenarios_cover_the_charts_options() -> None:
         "ConfigMap",
         "ClusterKopfPeering",
         "KopfPeering",
+        "PodDisruptionBudget",
     }
 
 
@@ -369,7 +379,8 @@ def test_watching_every_namespace_binds_a_cluster_role_and_no_role() -> None:
 
 def test_a_namespace_list_gets_a_role_in_each_and_nothing_cluster_wide() -> None:
     docs = render(values={"watchNamespaces": ["team-a", "team-b"]})
-    assert not find(docs, "ClusterRole")
+    # Only the user roles aggregated into view and edit, which grant nothing unbound.
+    assert all(aggregated(role) for role in find(docs, "ClusterRole"))
     assert not find(docs, "ClusterRoleBinding")
     cluster_rules = rules_of(render(), "ClusterRole")
     for namespace in ("team-a", "team-b"):
@@ -390,6 +401,54 @@ def test_peering_adds_only_its_own_rule() -> None:
     assert namespaced - base == {
         ("kopf.dev", "kopfpeerings", verb) for verb in ("list", "watch", "patch")
     }
+
+
+def test_namespace_users_get_mailtrapwebhooks_through_view_and_edit() -> None:
+    roles = {role["metadata"]["name"]: role for role in find(render(), "ClusterRole")}
+    view, edit = (
+        roles["mailtrap-mailtrap-webhook-operator-view"],
+        roles["mailtrap-mailtrap-webhook-operator-edit"],
+    )
+    assert {key for key in view["metadata"]["labels"] if "aggregate-to" in key} == {
+        "rbac.authorization.k8s.io/aggregate-to-view"
+    }
+    assert {key for key in edit["metadata"]["labels"] if "aggregate-to" in key} == {
+        "rbac.authorization.k8s.io/aggregate-to-edit",
+        "rbac.authorization.k8s.io/aggregate-to-admin",
+    }
+    # MailtrapWebhooks only: never their status or finalizers, never another kind.
+    assert permissions(view["rules"]) == {
+        ("mailtrap.io", "mailtrapwebhooks", verb) for verb in ("get", "list", "watch")
+    }
+    assert {resource for _, resource, _ in permissions(edit["rules"])} == {"mailtrapwebhooks"}
+    assert {verb for _, _, verb in permissions(edit["rules"])} >= {"create", "patch", "delete"}
+    off = render(values={"rbac": {"aggregateClusterRoles": False}})
+    assert not [role for role in find(off, "ClusterRole") if aggregated(role)]
+
+
+def test_two_operator_pods_get_a_disruption_budget() -> None:
+    assert not find(render(), "PodDisruptionBudget")
+    (budget,) = find(render(values={"replicaCount": 2}), "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert (
+        budget["spec"]["selector"]["matchLabels"]
+        == deployment_of(render(values={"replicaCount": 2}))["spec"]["selector"]["matchLabels"]
+    )
+    assert not find(
+        render(values={"replicaCount": 2, "podDisruptionBudget": {"enabled": False}}),
+        "PodDisruptionBudget",
+    )
+
+
+def test_the_platform_may_assign_the_operators_user() -> None:
+    # OpenShift's restricted SCC assigns a user id; a fixed one would be refused.
+    values = {"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}}
+    pod = deployment_of(render(values=values))["spec"]["template"]["spec"]
+    assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(pod["securityContext"])
+    # Still non-root, and the container's own context is untouched.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    default = deployment_of(render())["spec"]["template"]["spec"]
+    assert pod["containers"][0]["securityContext"] == default["containers"][0]["securityContext"]
 
 
 def test_no_rbac_objects_when_rbac_is_off() -> None:
