@@ -20,8 +20,11 @@ from typing import Final
 from . import __version__
 
 ENV_PREFIX: Final = "MAILTRAP_OPERATOR_"
-# The Helm chart passes its own image (which runs both programs) instead.
-DEFAULT_RECEIVER_IMAGE: Final = f"mailtrap-webhook-operator:{__version__}"
+# The receiver-only image released with this version (the Dockerfile's `receiver`
+# target); the Helm chart's receiver.image defaults to the same.
+DEFAULT_RECEIVER_IMAGE: Final = (
+    f"ghcr.io/mailtrap-webhook-operator/mailtrap-webhook-receiver:{__version__}"
+)
 LOG_FORMATS: Final = ("json", "console")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 PULL_POLICIES: Final = ("", "Always", "IfNotPresent", "Never")
