@@ -17,7 +17,9 @@ images (``imagePullPolicy: Never``) into a namespace that enforces PodSecurity
   receiver's JSON lines about it;
 - the receiver's container process, seen from the host's /proc, runs as the
   non-root user and group the pod spec names, with no capabilities, no privilege
-  escalation, seccomp and a read-only root filesystem; `kubectl exec` agrees.
+  escalation, seccomp and a read-only root filesystem; `kubectl exec` agrees;
+- what later tests of Pod deletion need works: a Pod reaches its own Service
+  (kube-proxy's hairpin), and the node can be cordoned, drained and uncordoned.
 
 The image digests, the kubelet's version and the receiver's user and group are
 printed at the end of the run.
@@ -254,6 +256,22 @@ def test_a_signed_event_reaches_the_target_pod_through_both_services(release: Re
     assert any(line.get("status") == 401 for line in lines), logs[-3000:]
 
 
+def test_a_pod_reaches_its_own_service(release: Release) -> None:
+    # kube-proxy's hairpin: the Service sends the Pod's own request back to it.
+    node = release.node
+    service = get(node.cluster, "service", "suppression-api", namespace=APPS)
+    url = f"http://{service['spec']['clusterIP']}:8080/hairpin"
+    probe = (
+        "import sys, urllib.request; "
+        f"request = urllib.request.Request({url!r}, data=b'{{}}', method='POST'); "
+        "sys.exit(urllib.request.urlopen(request, timeout=10).status != 200)"
+    )
+    result = node.cluster.kubectl(
+        "-n", APPS, "exec", "deploy/suppression-api", "--", "python", "-c", probe, check=False
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def proc_status(pid: int) -> dict[str, str]:
     text = Path(f"/proc/{pid}/status").read_text()
     return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
@@ -293,4 +311,29 @@ def test_the_receiver_runs_as_the_pod_spec_says(release: Release) -> None:
     FACTS.append(
         f"receiver Pod {name}: host PID {pid}, uid {status['Uid'].split()[0]}, "
         f"gid {status['Gid'].split()[0]}, no capabilities, read-only root ({ids})"
+    )
+
+
+def test_the_node_can_be_cordoned_and_drained(release: Release) -> None:
+    node = release.node
+    echo = "app=suppression-api"
+    (before,) = pods(node, APPS, echo)
+    kubectl(node, "cordon", "localhost")
+    try:
+        drained = node.cluster.kubectl(
+            "drain", "localhost", "--pod-selector", echo, "--timeout=120s", check=False
+        )
+        assert drained.returncode == 0, drained.stderr
+        # Its replacement has nowhere to go while the only node is cordoned.
+        (pending,) = wait_until(
+            lambda: [p for p in pods(node, APPS, echo) if p["status"]["phase"] == "Pending"],
+            what="the echo target's replacement, Pending",
+        )
+        assert pending["metadata"]["name"] != before["metadata"]["name"]
+        assert get(node.cluster, "pod", before["metadata"]["name"], namespace=APPS) is None
+    finally:
+        kubectl(node, "uncordon", "localhost")
+    wait_until(
+        lambda: all(ready(p) for p in pods(node, APPS, echo)) and pods(node, APPS, echo),
+        what="the echo target Ready again after uncordon",
     )
