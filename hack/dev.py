@@ -211,6 +211,10 @@ def signals_ignored() -> Iterator[None]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.parse_args(argv)
+    # Python leaves SIGINT ignored when it starts with it ignored (nohup, a background
+    # job, some CI runners), and then Ctrl-C would never stop the demo: install the
+    # handler whatever was inherited.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_sigterm)
     workdir = Path(tempfile.mkdtemp(prefix="mailtrap-dev-"))
     stack = contextlib.ExitStack()

@@ -3,18 +3,21 @@
 `main` parses `settings`, configures `logs`, connects `kubeapi` (in-cluster
 ServiceAccount, else ``$KUBECONFIG``), starts the `metrics` server
 (``/metrics`` and ``/healthz``) and runs kopf with the handlers registered by
-importing `handlers`, until SIGTERM or SIGINT.
+importing `handlers`, until SIGTERM or SIGINT. ``mailtrap-operator mailtrap ...``
+is the one subcommand: what exists on Mailtrap's side (`mailtrap.commands`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Sequence
 
 import kopf
 
 from . import __version__, handlers, logs, metrics
 from .kubeapi import KubeApi
+from .mailtrap import commands as mailtrap_commands
 from .reconciler import Reconciler
 from .settings import Settings, parse
 
@@ -62,7 +65,10 @@ async def run(settings: Settings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    settings = parse(argv)
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["mailtrap"]:
+        return mailtrap_commands.main(args[1:])
+    settings = parse(args)
     logs.configure(log_format=settings.log_format, level=settings.log_level)
     asyncio.run(run(settings))
     return 0

@@ -1,10 +1,12 @@
 """Logging for the operator: kopf's standard-library records and ours, in one format.
 
-`cli` calls `configure` once. JSON (the default) gives one object per line with
-the level, logger, event and, for kopf's per-object loggers, the namespace,
-name and kind of the object; console is for people. Our modules log through
-structlog with key-value fields. Secret values are never logged: the
-reconciler only ever has digests and Secret names to say.
+`cli` calls `configure` once. JSON (the default) gives one object per line in
+the receiver's schema (`mailtrap_receiver.logs`): ``timestamp`` (UTC, ISO 8601),
+``level`` and the message under ``msg``, then the fields: here the logger and, for
+kopf's per-object loggers, the namespace, name and kind of the object. One schema
+lets a log pipeline parse both programs with one rule. Console is for people. Our
+modules log through structlog with key-value fields. Secret values are never
+logged: the reconciler only ever has digests and Secret names to say.
 """
 
 from __future__ import annotations
@@ -36,15 +38,22 @@ def configure(*, log_format: str, level: str) -> None:
         _kopf_object,
     ]
     renderer: Processor
+    rename: list[Processor] = []
     if log_format == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
+        # Plain tracebacks even where rich or better_exceptions is installed: those
+        # print local variables, which may hold Secret data being checked.
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=False, exception_formatter=structlog.dev.plain_traceback
+        )
     else:
         renderer = structlog.processors.JSONRenderer()
+        rename = [structlog.processors.EventRenamer("msg")]
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            *rename,
             renderer,
         ],
     )

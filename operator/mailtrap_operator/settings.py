@@ -4,7 +4,9 @@ A flag wins over its variable, which wins over the default. `cli` parses them
 once and hands the frozen `Settings` to `logs`, `handlers` (kopf's own
 settings: namespaces, peering) and `reconciler` (the default receiver image).
 The Kubernetes credentials are not settings: in a Pod the ServiceAccount is
-used, elsewhere ``$KUBECONFIG`` (see `kubeapi`).
+used, elsewhere ``$KUBECONFIG`` (see `kubeapi`). The Mailtrap API base URL also
+answers to ``$MAILTRAP_API_URL``, the name every Mailtrap tool here shares
+(`mailtrap.client`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from . import __version__
+from .mailtrap.client import DEFAULT_API_URL, api_url_from, check_api_url
 
 ENV_PREFIX: Final = "MAILTRAP_OPERATOR_"
 # The receiver-only image released with this version (the Dockerfile's `receiver`
@@ -44,6 +47,8 @@ class Settings:
     priority: int = 0
     api_workers: int = 8
     discovery_ttl: float = 60.0
+    # Mailtrap's API (managed mode).
+    mailtrap_api_url: str = DEFAULT_API_URL
 
     @property
     def clusterwide(self) -> bool:
@@ -82,6 +87,30 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def api_url_argument(text: str) -> str:
+    """``type=`` of a Mailtrap API URL flag (here and in `mailtrap.commands`)."""
+    try:
+        return check_api_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _add_mailtrap_arguments(parser: argparse.ArgumentParser, env: Mapping[str, str]) -> None:
+    """Flags of the managed mode, which talks to Mailtrap's Webhooks API."""
+    parser.add_argument(
+        "--mailtrap-api-url",
+        type=api_url_argument,
+        # MAILTRAP_OPERATOR_MAILTRAP_API_URL, then MAILTRAP_API_URL, then Mailtrap.
+        default=_env(env, "MAILTRAP_API_URL", api_url_from(env)),
+        help="base URL of Mailtrap's API, for tests, proxies and mirrors "
+        "(also $MAILTRAP_API_URL; default: %(default)s)",
+    )
+    parser.epilog = (
+        "mailtrap-operator mailtrap list|delete ... shows and removes webhooks on "
+        "Mailtrap's side; see mailtrap-operator mailtrap --help."
+    )
 
 
 def build_parser(*, environ: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -157,6 +186,7 @@ def build_parser(*, environ: Mapping[str, str] | None = None) -> argparse.Argume
         default=_env(env, "DISCOVERY_TTL", "60"),
         help="seconds the ServiceMonitor API check is cached (default: %(default)s)",
     )
+    _add_mailtrap_arguments(parser, env)
     return parser
 
 
@@ -188,4 +218,5 @@ def parse(
         priority=int(priority),
         api_workers=int(args.api_workers),
         discovery_ttl=float(args.discovery_ttl),
+        mailtrap_api_url=args.mailtrap_api_url,
     )

@@ -7,10 +7,16 @@ the second part the same way, reads its output until the echo target printed the
 event, then stops it as a person would: Ctrl-C (SIGINT to the whole foreground
 process group) or SIGTERM to the script alone. Every process it started (the
 control plane, the operator, the receiver) must be gone, and its files too.
+
+The Ctrl-C case starts the demo with SIGINT ignored, as a shell does for ``nohup``
+and background jobs and some CI runners do for everything: Ctrl-C must stop it all
+the same. Whatever happens, the test kills the demo's whole process group before
+it returns, so a failed or timed-out run leaves nothing behind.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -56,6 +62,20 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def kill_group(pid: int) -> None:
+    """SIGKILL whatever is left of the demo: its process group and every descendant
+    (the control plane's processes run in sessions of their own)."""
+    for child in descendants(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_make_dev_shows_a_signed_event_arriving_and_stops_everything(stop: str) -> None:
     process = subprocess.Popen(
@@ -65,6 +85,8 @@ def test_make_dev_shows_a_signed_event_arriving_and_stops_everything(stop: str) 
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group, as a terminal would give it
+        # What nohup, a background job or a CI runner hands down.
+        preexec_fn=ignore_sigint if stop == "ctrl-c" else None,
     )
     lines: queue.Queue[str] = queue.Queue()
     output: list[str] = []
@@ -97,7 +119,10 @@ def test_make_dev_shows_a_signed_event_arriving_and_stops_everything(stop: str) 
                 os.killpg(process.pid, signal.SIGINT)
             else:
                 process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=120)
+        try:
+            code = process.wait(timeout=120)
+        finally:
+            kill_group(process.pid)
     reader.join(timeout=10)  # the rest of its output
     text = until(r"Stopped:")
 

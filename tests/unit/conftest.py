@@ -1,5 +1,5 @@
-"""Fixtures for the receiver's unit tests: secret files, a real loopback target, and
-a factory for the webhook app under pytest-aiohttp's test client."""
+"""Fixtures for the unit tests: secret files, a real loopback target, a factory for
+the webhook app under pytest-aiohttp's test client, and the fake Mailtrap API."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from tests.helpers.webhooks import SECRET, json_body, signed_headers
 secret_file = fixtures.secret_file
 target = fixtures.target
 second_target = fixtures.second_target
+fake_mailtrap = fixtures.fake_mailtrap
 
 
 class Receiver:

@@ -447,7 +447,11 @@ def exposed_series() -> set[str]:
 def test_the_dashboard_plots_only_metrics_that_exist() -> None:
     dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
     queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-    queries.append(dashboard["templating"]["list"][1]["query"]["query"])
+    queries += [
+        variable["query"]["query"]
+        for variable in dashboard["templating"]["list"]
+        if variable["type"] == "query"
+    ]
     used = {name for query in queries for name in re.findall(r"\bmailtrap_[a-z_]+", query)}
     assert used
     assert used <= exposed_series(), used - exposed_series()
@@ -455,6 +459,26 @@ def test_the_dashboard_plots_only_metrics_that_exist() -> None:
     assert all(panel["targets"] for panel in dashboard["panels"])
     ids = [panel["id"] for panel in dashboard["panels"]]
     assert len(ids) == len(set(ids))
+
+
+def test_the_dashboard_filters_receivers_by_namespace_and_webhook() -> None:
+    dashboard = json.loads((CHART / "files" / "grafana-dashboard.json").read_text())
+    variables = {item["name"]: item for item in dashboard["templating"]["list"]}
+    assert {"namespace", "webhook"} <= set(variables)
+    # The webhook list follows the namespaces chosen, and shows resource names.
+    assert "$namespace" in variables["webhook"]["query"]["query"]
+    assert variables["webhook"]["regex"] == "/^(.*)-receiver$/"
+    receiver_queries = [
+        target["expr"]
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        if "mailtrap_webhook_" in target["expr"]
+    ]
+    assert receiver_queries
+    for query in receiver_queries:
+        for selector in re.findall(r"mailtrap_webhook_[a-z_]+(\{[^}]*\})?", query):
+            assert 'namespace=~"$namespace"' in selector, query
+            assert 'service=~"$webhook-receiver"' in selector, query
 
 
 def test_the_dashboard_configmap_carries_the_sidecar_label() -> None:
