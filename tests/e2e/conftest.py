@@ -86,5 +86,7 @@ def real_node(
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if FACTS:
+        terminalreporter.section("the real node and the images it ran")
     for line in FACTS:
         terminalreporter.write_line(line)

@@ -48,8 +48,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +67,7 @@ from tests.helpers.cluster import (
     testbins_dir,
 )
 from tests.helpers.hoststate import CGROUP_ROOT, HostState, cgroup_pids
+from tests.helpers.processes import http_status
 
 NODE_NAME = "localhost"
 # The node's API server listens here (on lo): host-local, outside every Pod range.
@@ -484,7 +483,7 @@ class RealNode:
         )
         daemons.wait(
             "kube-proxy",
-            lambda: _http_status(f"http://127.0.0.1:{healthz}/healthz") == 200,
+            lambda: http_status(f"http://127.0.0.1:{healthz}/healthz") == 200,
             deadline,
         )
 
@@ -570,16 +569,6 @@ class RealNode:
             check=False,
         )
         return out.stdout.strip() == "True"
-
-
-def _http_status(url: str) -> int | None:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310
-            return int(resp.status)
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return None
 
 
 @dataclass(frozen=True)
