@@ -15,9 +15,10 @@ images (``imagePullPolicy: Never``) into a namespace that enforces PodSecurity
   kube-proxy) reaches the echo target Pod (tests/e2e/echo-target.yaml) through that
   target's Service; a badly signed one gets 401; `kubectl logs` shows the
   receiver's JSON lines about it;
-- the receiver's container process, seen from the host's /proc, runs as the
-  non-root user and group the pod spec names, with no capabilities, no privilege
-  escalation, seccomp and a read-only root filesystem; `kubectl exec` agrees;
+- the receiver's and the operator's container processes, seen from the host's
+  /proc, run as the non-root user and group their pod specs name, with no
+  capabilities, no privilege escalation, seccomp and a read-only root filesystem;
+  `kubectl exec` agrees;
 - what later tests of Pod deletion need works: a Pod reaches its own Service
   (kube-proxy's hairpin), and the node can be cordoned, drained and uncordoned.
 
@@ -285,16 +286,16 @@ def root_mount_options(pid: int) -> list[str]:
     raise AssertionError(f"no root mount in /proc/{pid}/mountinfo")
 
 
-def test_the_receiver_runs_as_the_pod_spec_says(release: Release) -> None:
-    node = release.node
-    pod = pods(node, APPS, receiver_selector(node))[0]
-    pod_spec = pod["spec"]
-    assert pod_spec["securityContext"]["runAsUser"] == int(RUN_AS)
-    assert pod_spec["securityContext"]["runAsGroup"] == int(RUN_AS)
+def assert_restricted(node: NodeCluster, pod: dict[str, Any], program: str) -> str:
+    """The Pod's one container process, read from the host's /proc and through
+    `kubectl exec`, runs as the pod spec's user and group with nothing more; what
+    was found, for the run's summary."""
+    context = pod["spec"]["securityContext"]
+    assert (context["runAsUser"], context["runAsGroup"]) == (int(RUN_AS), int(RUN_AS))
     (container,) = pod["status"]["containerStatuses"]
     pid = node.node.container_pid(container["containerID"])
     status = proc_status(pid)
-    assert "mailtrap-receiver" in Path(f"/proc/{pid}/cmdline").read_text()
+    assert program in Path(f"/proc/{pid}/cmdline").read_text()
     assert status["Uid"].split() == [RUN_AS] * 4, status["Uid"]
     assert status["Gid"].split() == [RUN_AS] * 4, status["Gid"]
     for capabilities in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
@@ -303,15 +304,23 @@ def test_the_receiver_runs_as_the_pod_spec_says(release: Release) -> None:
     assert status["Seccomp"].strip() == "2"  # a filter: the runtime's default profile
     assert "ro" in root_mount_options(pid)
 
-    name = pod["metadata"]["name"]
-    ids = kubectl(node, "-n", APPS, "exec", name, "--", "id").strip()
+    name, namespace = pod["metadata"]["name"], pod["metadata"]["namespace"]
+    ids = kubectl(node, "-n", namespace, "exec", name, "--", "id").strip()
     assert ids.startswith(f"uid={RUN_AS} gid={RUN_AS}"), ids
-    touch = node.cluster.kubectl("-n", APPS, "exec", name, "--", "touch", "/x", check=False)
+    touch = node.cluster.kubectl("-n", namespace, "exec", name, "--", "touch", "/x", check=False)
     assert "Read-only file system" in touch.stderr, touch.stderr
-    FACTS.append(
-        f"receiver Pod {name}: host PID {pid}, uid {status['Uid'].split()[0]}, "
+    return (
+        f"{name}: host PID {pid}, uid {status['Uid'].split()[0]}, "
         f"gid {status['Gid'].split()[0]}, no capabilities, read-only root ({ids})"
     )
+
+
+def test_the_receiver_and_the_operator_run_as_their_pod_specs_say(release: Release) -> None:
+    node = release.node
+    receiver = pods(node, APPS, receiver_selector(node))[0]
+    FACTS.append(f"receiver Pod {assert_restricted(node, receiver, 'mailtrap-receiver')}")
+    (operator,) = pods(node, SYSTEM, f"app.kubernetes.io/instance={RELEASE}")
+    FACTS.append(f"operator Pod {assert_restricted(node, operator, 'mailtrap-operator')}")
 
 
 def test_the_node_can_be_cordoned_and_drained(release: Release) -> None:
