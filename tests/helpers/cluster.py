@@ -251,6 +251,9 @@ class Daemons:
         waited = next((p for p in self._procs if p.name == name), None)
         raise ClusterError(f"{name} not ready in time:\n{waited.tail() if waited else ''}")
 
+    def pids(self) -> list[int]:
+        return [proc.popen.pid for proc in self._procs if proc.popen.poll() is None]
+
     def stop(self) -> None:
         """SIGTERM each, last started first; SIGKILL what is left after 10 s."""
         for proc in reversed(self._procs):
@@ -454,6 +457,10 @@ class LocalCluster:
     def stop(self) -> None:
         if self._daemons is not None:
             self._daemons.stop()
+
+    def daemon_pids(self) -> list[int]:
+        """The control plane's running processes."""
+        return self._daemons.pids() if self._daemons is not None else []
 
     # -- audit --
 

@@ -171,13 +171,17 @@ def _journal_path(cgroup: str) -> Path:
     return STATE_DIR / f"{cgroup}.json"
 
 
-def _write_journal(cgroup: str, workdir: Path, before: HostState) -> None:
+def _write_journal(
+    cgroup: str, workdir: Path, before: HostState, processes: Sequence[int] = ()
+) -> None:
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     record = {
         "pid": os.getpid(),
         "start_time": _start_time(os.getpid()),
         "cgroup": cgroup,
         "workdir": str(workdir),
+        # The control plane's, which may outlive a killed parent: (pid, start time).
+        "processes": [(pid, _start_time(pid)) for pid in processes],
         "before": json.loads(before.to_json()),
     }
     tmp = _journal_path(cgroup).with_suffix(".tmp")
@@ -195,24 +199,17 @@ def recover_dead_nodes() -> list[str]:
             continue  # its process still runs (and holds the lock: never reached)
         before = HostState.from_json(json.dumps(record["before"]))
         workdir = Path(record["workdir"])
-        # The node's own processes are in its cgroups (restore_to kills those); its
-        # control plane's, which may outlive their parent, name the run's directory.
-        _kill_processes_naming(workdir.parent)
+        # The node's own processes are in its cgroups (restore_to kills those).
+        for pid, start_time in record["processes"]:
+            if _start_time(pid) == start_time:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
         problems = HostState.capture().restore_to(before, workdir=workdir)
         shutil.rmtree(workdir, ignore_errors=True)
         journal.unlink()
         done.append(f"cleaned up after node {record['cgroup']} of dead process {record['pid']}")
         done += [f"  could not: {problem}" for problem in problems]
     return done
-
-
-def _kill_processes_naming(directory: Path) -> None:
-    needle = str(directory).encode() + b"/"
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                if needle in (entry / "cmdline").read_bytes():
-                    os.kill(int(entry.name), signal.SIGKILL)
 
 
 # --- configuration ------------------------------------------------------------------
@@ -420,6 +417,8 @@ class RealNode:
 
     def start(self, cluster: LocalCluster, *, pause: Image, timeout: float = 180.0) -> None:
         self.cluster = cluster
+        assert self._before is not None, "prepare() first"
+        _write_journal(self.cgroup, self.workdir, self._before, cluster.daemon_pids())
         try:
             self._start(cluster, pause, time.monotonic() + timeout)
         except BaseException:
