@@ -138,7 +138,12 @@ def run(stack: contextlib.ExitStack, workdir: Path) -> None:
     operator = start_operator(
         kubeconfig=cluster.admin_kubeconfig,
         log_path=workdir / "operator.log",
-        env={"MAILTRAP_OPERATOR_LOG_FORMAT": "console"},
+        # The echo target is on loopback, which receivers may not reach by default
+        # (a Pod's loopback is its own); here everything runs on this one machine.
+        env={
+            "MAILTRAP_OPERATOR_LOG_FORMAT": "console",
+            "MAILTRAP_OPERATOR_DENIED_TARGET_CIDRS": "169.254.0.0/16,fe80::/10",
+        },
     )
     stack.callback(operator.stop)
     say(f"Operator running (pid {operator.pid}, log {workdir / 'operator.log'})")
@@ -148,6 +153,10 @@ def run(stack: contextlib.ExitStack, workdir: Path) -> None:
         "-n", NAMESPACE, "create", "secret", "generic", "mailtrap-signing",
         f"--from-file=signing-secret={SECRET_FILE}",
     )  # fmt: skip
+    # The opt-in that lets MailtrapWebhooks use the Secret (README: Security).
+    cluster.kubectl(
+        "-n", NAMESPACE, "label", "secret", "mailtrap-signing", "mailtrap.io/webhook-secret=true"
+    )
     resource = yaml.safe_load(EXAMPLE.read_text())
     resource["spec"]["targets"][0]["url"] = target.url
     cluster.kubectl("-n", NAMESPACE, "apply", "-f", "-", input_text=json.dumps(resource))

@@ -3,6 +3,7 @@
 ``cluster`` is the real local control plane (tests/helpers/cluster.py), started
 once per session on demand and always stopped, even when tests fail. There is no
 skip: a test that asks for the cluster fails when the cluster cannot start.
+``crd`` is the MailtrapWebhook CRD from crds/ on it, applied once per session.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cluster import LocalCluster, local_cluster
+from tests.helpers.kube import install_crd
 
 _started: list[LocalCluster] = []
 
@@ -29,6 +31,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     ) as c:
         _started.append(c)
         yield c
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: LocalCluster) -> None:
+    install_crd(cluster)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

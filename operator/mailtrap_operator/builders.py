@@ -8,9 +8,10 @@ manifests to `kubeapi` for server-side apply.
 The receiver's config file is the spec minus the keys that only shape
 Kubernetes objects (`mailtrap_receiver.config.OPERATOR_ONLY_KEYS`), with every
 ``...SecretRef`` replaced by a ``...SecretFile`` path where the Deployment mounts
-that Secret key. Secret values never enter a manifest nor the pod-template hash:
-the config holds paths, and the hash covers the config text and each referenced
-Secret's uid and resourceVersion (see `config_hash`).
+that Secret key, plus the addresses targets may not be at, from the operator's
+settings (``deniedTargetRanges``, which no spec can set). Secret values never
+reach the builders: the config holds paths, and the pod-template hash covers the
+config text alone (see `config_hash`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,12 @@ from typing import Any, Final
 
 import yaml
 
-from mailtrap_receiver.config import OPERATOR_ONLY_KEYS, parse_duration
+from mailtrap_receiver.config import (
+    OPERATOR_INJECTED_KEYS,
+    OPERATOR_ONLY_KEYS,
+    IPNetwork,
+    parse_duration,
+)
 from mailtrap_receiver.sinks import CLOUDEVENTS_SOURCE_ENV
 
 from .resources import (
@@ -49,7 +55,6 @@ from .resources import (
     SERVICE_MONITOR,
     Kind,
     Owner,
-    SecretVersion,
 )
 
 CONFIG_HASH_ANNOTATION: Final = "mailtrap.io/config-hash"
@@ -186,11 +191,21 @@ def _secret_file(ref: Mapping[str, Any], default_key: str) -> str:
     ).mount_path
 
 
-def build_config(*, spec: Mapping[str, Any], namespace: str) -> dict[str, Any]:
-    """The receiver's config: the receiver keys of the spec, Secret refs turned into paths."""
+def build_config(
+    *,
+    spec: Mapping[str, Any],
+    namespace: str,
+    denied_target_ranges: Sequence[IPNetwork] = (),
+) -> dict[str, Any]:
+    """The receiver's config: the receiver keys of the spec, Secret refs turned into
+    paths, and the operator's own ``deniedTargetRanges`` (never the spec's)."""
     config = {
-        key: copy.deepcopy(value) for key, value in spec.items() if key not in OPERATOR_ONLY_KEYS
+        key: copy.deepcopy(value)
+        for key, value in spec.items()
+        if key not in OPERATOR_ONLY_KEYS and key not in OPERATOR_INJECTED_KEYS
     }
+    if denied_target_ranges:
+        config["deniedTargetRanges"] = [str(network) for network in denied_target_ranges]
     signing = config.pop("signingSecretRef", None)
     if signing:
         config["signingSecretFile"] = _secret_file(signing, DEFAULT_SIGNING_KEY)
@@ -220,28 +235,14 @@ def render_config(*, config: Mapping[str, Any], owner: Owner) -> str:
     )
 
 
-def config_hash(*, config_text: str, secret_versions: Mapping[str, SecretVersion]) -> str:
-    """sha256 over the config file and each referenced Secret's name, uid and version.
+def config_hash(*, config_text: str) -> str:
+    """sha256 of the config file: what rolls the receiver Pods when it changes.
 
-    Never over secret values: the hash is in status and on the pod template,
-    which more people may read than the Secrets, and an unsalted digest of a
-    weak basic-auth password can be brute-forced offline. A rotation still
-    changes the resourceVersion and so rolls the Pods; so does any other write
-    to a referenced Secret, once a reconcile reads it.
+    Only the config: Secret values and versions stay out. The receivers re-read
+    their mounted secret files when the kubelet updates them, so a rotation needs no
+    rollout, and the operator, which no longer watches Secrets, could not follow one.
     """
-    digest = hashlib.sha256()
-
-    def part(data: bytes) -> None:
-        # Length-prefixed, so no two different inputs can run together.
-        digest.update(len(data).to_bytes(8, "big"))
-        digest.update(data)
-
-    part(config_text.encode())
-    for name, version in sorted(secret_versions.items()):
-        part(name.encode())
-        part(version.uid.encode())
-        part(version.resource_version.encode())
-    return digest.hexdigest()
+    return hashlib.sha256(config_text.encode()).hexdigest()
 
 
 # --- validation beyond the schema -------------------------------------------------

@@ -13,11 +13,12 @@ kopf's ``memo``.
 - Children (ConfigMaps, Services, Deployments, Ingresses, PodDisruptionBudgets,
   NetworkPolicies), watched with the managed-by label as a server-side selector:
   drift repair and Deployment status -> owner status.
-- Secrets: only those some MailtrapWebhook references (a set lookup in an
-  index) go further.
 
-Three indexes answer "who owns what" without reading the API: owners by
-(namespace, name), children by owner, and owners by referenced Secret.
+Secrets are not watched: see `reconciler` for why nothing needs to be.
+
+Two indexes answer "who owns what" without reading the API: owners by
+(namespace, name), and children (with their uid and their controller's uid) by
+owner, which `reconciler` checks before it writes any child (see `ownership`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from typing import Any, Final
 
 import kopf
 
-from .builders import secret_refs
 from .reconciler import ChildRef, Reconciler, retry_delay
 from .resources import (
     CHILD_KINDS,
@@ -97,14 +97,12 @@ class _Indexes:
 
     owners: kopf.Index[OwnerKey, Owner]
     children: kopf.Index[OwnerKey, ChildRef]
-    secret_refs: kopf.Index[tuple[str, str], str]
 
     @classmethod
     def of(cls, kwargs: Mapping[str, Any]) -> _Indexes:
         return cls(
             owners=kwargs["mtwh_owners"],
             children=kwargs["mtwh_children"],
-            secret_refs=kwargs["mtwh_secret_refs"],
         )
 
     def owner(self, key: OwnerKey) -> Owner | None:
@@ -130,7 +128,7 @@ async def login(*, memo: Any, **kwargs: Any) -> kopf.AiohttpSession | None:
 
 def connection_limit(settings: Settings) -> int:
     """Room for kopf's watches (one per kind, per namespace) plus requests in flight."""
-    watches_per_namespace = len(WATCHED_CHILDREN) + 3  # + MailtrapWebhooks, Secrets, peering
+    watches_per_namespace = len(WATCHED_CHILDREN) + 2  # + MailtrapWebhooks, peering
     return watches_per_namespace * max(1, len(settings.namespaces)) + REQUEST_CONNECTIONS
 
 
@@ -143,18 +141,14 @@ def mtwh_owners(*, body: kopf.Body, **_: Any) -> dict[OwnerKey, Owner]:
     return {owner.key: owner}
 
 
-@kopf.index(*MTWH)
-def mtwh_secret_refs(
-    *, spec: kopf.Spec, namespace: str | None, name: str, **_: Any
-) -> dict[tuple[str, str], str]:
-    return {(namespace or "", ref.name): name for ref in secret_refs(spec)}
-
-
 def mtwh_children(
     *, body: kopf.Body, name: str, resource: kopf.Resource, **_: Any
 ) -> dict[OwnerKey, ChildRef] | None:
     owner = controller_owner(body)
-    return {owner[0]: (str(resource.kind), name)} if owner is not None else None
+    if owner is None:
+        return None
+    uid = str((body.get("metadata") or {}).get("uid") or "")
+    return {owner[0]: ChildRef(str(resource.kind), name, uid, owner[1])}
 
 
 # --- MailtrapWebhooks ---------------------------------------------------------------
@@ -174,7 +168,9 @@ async def reconcile(*, body: kopf.Body, reason: str, retry: int, memo: Any, **kw
         return
     if problem.permanent:
         raise kopf.PermanentError(f"{problem.reason}: {problem.message}")
-    raise kopf.TemporaryError(f"{problem.reason}: {problem.message}", delay=retry_delay(retry))
+    raise kopf.TemporaryError(
+        f"{problem.reason}: {problem.message}", delay=retry_delay(retry, problem)
+    )
 
 
 @kopf.on.event(*MTWH)
@@ -209,36 +205,3 @@ for _kind in WATCHED_CHILDREN:
     kopf.on.event(
         _kind.group, _kind.version, _kind.plural, id="child_event", labels=MANAGED_LABELS
     )(child_event)
-
-
-# --- Secrets ------------------------------------------------------------------------
-
-
-def _referenced(*, namespace: str | None, name: str | None, **kwargs: Any) -> bool:
-    return (namespace or "", name or "") in _Indexes.of(kwargs).secret_refs
-
-
-@kopf.on.event("", "v1", "secrets", when=_referenced)
-async def secret_event(
-    *,
-    type: str | None,
-    body: kopf.Body,
-    namespace: str | None,
-    name: str,
-    memo: Any,
-    **kwargs: Any,
-) -> None:
-    indexes = _Indexes.of(kwargs)
-    namespace = namespace or ""
-    owners = [
-        owner
-        for owner_name in sorted(set(indexes.secret_refs.get((namespace, name), ())))
-        if (owner := indexes.owner((namespace, owner_name))) is not None
-    ]
-    await _reconciler(memo).on_secret_event(
-        event_type=type,
-        body=body,
-        owners=owners,
-        find_owner=indexes.owner,
-        known_children=indexes.children_of,
-    )

@@ -7,10 +7,12 @@ classes, which cost more CPU than the requests themselves at a thousand
 resources. Calls are blocking, so they run on a small dedicated thread pool and
 the rest of the operator awaits them.
 
-`reconciler` makes every request: server-side apply of children, deletion of
-children no longer wanted, reading the Secrets a spec references, writing the
-owner's status, posting Events, and an API discovery check (cached) for
-optional kinds such as the Prometheus Operator's ServiceMonitor. The other
+`reconciler` makes every request: reads, creates and server-side applies of
+children (each conditioned on the owner check of `ownership`), deletion of
+children no longer wanted, reading which keys the Secrets a spec references
+have (never keeping their values), writing the owner's status, posting Events,
+and an API discovery check (cached) for optional kinds such as the Prometheus
+Operator's ServiceMonitor. The other
 caller, `handlers.login`, only gets kopf's own HTTP session from here
 (`KubeApi.kopf_session`), so that kopf's connection pool is bounded too.
 """
@@ -44,9 +46,7 @@ from .resources import (
     OPERATOR_NAME,
     SECRET,
     Kind,
-    SecretData,
-    SecretVersion,
-    decode_secret_data,
+    SecretInfo,
 )
 
 # Old kopf sessions may still finish requests after a re-login; closed this much later.
@@ -80,7 +80,24 @@ class ApiError(Exception):
     @property
     def rejected(self) -> bool:
         """The server refused the object itself: retrying the same request cannot help."""
-        return self.status in (400, 422)
+        return self.status in (400, 422) and not self.uid_mismatch
+
+    @property
+    def already_exists(self) -> bool:
+        """A create found the name taken."""
+        return self.status == 409 and self.reason == "AlreadyExists"
+
+    @property
+    def uid_mismatch(self) -> bool:
+        """A write conditioned on a uid met another object (or none) at that name.
+
+        Server-side apply with ``metadata.uid`` answers 422 (uid is immutable) when
+        another object is there, 409 when none is; a delete with a uid precondition,
+        409.
+        """
+        if self.status == 422:
+            return "metadata.uid" in self.message
+        return self.status == 409 and "uid" in self.message.lower()
 
 
 @dataclass
@@ -220,9 +237,34 @@ class KubeApi:
         return decoded if isinstance(decoded, dict) else {}
 
     # -- children --
+    #
+    # Every write of a child is conditioned on what the reconciler verified (see
+    # `ownership`): a create fails if the name is taken, an apply or a delete if the
+    # object at the name is no longer the one seen.
+
+    async def read(self, *, kind: Kind, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object, or None when there is none."""
+        return await self._request(
+            "GET", kind.path(namespace=namespace, name=name), missing_ok=True
+        )
+
+    async def create(self, *, manifest: Mapping[str, Any], kind: Kind) -> dict[str, Any]:
+        """Create an object; `ApiError.already_exists` when the name is taken."""
+        result = await self._request(
+            "POST",
+            kind.path(namespace=manifest["metadata"]["namespace"]),
+            query={"fieldManager": FIELD_MANAGER},
+            body=dict(manifest),
+            content_type=_JSON,
+        )
+        return result or {}
 
     async def apply(self, *, manifest: Mapping[str, Any], kind: Kind) -> dict[str, Any]:
-        """Server-side apply with our field manager; force, since we own these objects."""
+        """Server-side apply with our field manager, forcing fields of objects we control.
+
+        The manifest carries ``metadata.uid``: the API server then refuses the apply
+        (`ApiError.uid_mismatch`) unless that very object is at the name.
+        """
         meta = manifest["metadata"]
         result = await self._request(
             "PATCH",
@@ -233,40 +275,62 @@ class KubeApi:
         )
         return result or {}
 
-    async def delete(self, *, kind: Kind, namespace: str, name: str) -> bool:
-        """Delete a child; False when it was already gone. Dependents go in the background."""
-        body = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": "Background"}
+    async def set_managed_fields(
+        self,
+        *,
+        kind: Kind,
+        namespace: str,
+        name: str,
+        resource_version: str,
+        entries: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """Replace an object's managedFields, if it is still at ``resource_version``."""
         result = await self._request(
-            "DELETE",
+            "PATCH",
             kind.path(namespace=namespace, name=name),
-            body=body,
-            content_type=_JSON,
-            missing_ok=True,
+            body={"metadata": {"resourceVersion": resource_version, "managedFields": entries}},
+            content_type=_MERGE,
         )
+        return result or {}
+
+    async def delete(self, *, kind: Kind, namespace: str, name: str, uid: str) -> bool:
+        """Delete the object ``uid`` at a name; False when it is gone, or another object
+        is there now. Its dependents go in the background."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "propagationPolicy": "Background",
+            "preconditions": {"uid": uid},
+        }
+        try:
+            result = await self._request(
+                "DELETE",
+                kind.path(namespace=namespace, name=name),
+                body=body,
+                content_type=_JSON,
+                missing_ok=True,
+            )
+        except ApiError as error:
+            if error.uid_mismatch:
+                return False
+            raise
         return result is not None
 
     # -- inputs --
 
-    async def read_secret(self, *, namespace: str, name: str) -> SecretData | None:
-        """The decoded data of a Secret and its version, or None when it does not exist."""
+    async def read_secret(self, *, namespace: str, name: str) -> SecretInfo | None:
+        """A Secret's key names and opt-in label, or None when it does not exist.
+
+        A GET of one named Secret (the operator may not list or watch them). The
+        values arrive in the answer and go no further than this method.
+        """
         result = await self._request(
             "GET", SECRET.path(namespace=namespace, name=name), missing_ok=True
         )
-        if result is None:
-            return None
-        meta = result.get("metadata") or {}
-        return SecretData(
-            data=decode_secret_data(result.get("data") or {}),
-            version=SecretVersion(
-                uid=str(meta.get("uid") or ""),
-                resource_version=str(meta.get("resourceVersion") or ""),
-            ),
-        )
+        return None if result is None else SecretInfo.from_body(result)
 
     async def read_owner(self, *, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self._request(
-            "GET", MAILTRAP_WEBHOOK.path(namespace=namespace, name=name), missing_ok=True
-        )
+        return await self.read(kind=MAILTRAP_WEBHOOK, namespace=namespace, name=name)
 
     async def served(self, *, kind: Kind) -> bool:
         """Whether the API server serves a kind (discovery, cached for ``discovery_ttl``)."""

@@ -1,17 +1,16 @@
 """What this operator process last applied and wrote, kept in memory.
 
 Watch events do not say who made a change. The ledger remembers, for every
-child the `reconciler` applied, the ``resourceVersion`` and ``generation`` the
-API server answered with, so a later event (reduced to a `ChildState`) can be
+child the `reconciler` applied, the ``uid``, ``resourceVersion`` and
+``generation`` the API server answered with, so a later event (reduced to a `ChildState`) can be
 told apart: our own write (or an older event still in flight) is ignored; a
 newer spec generation, a newer version of an object without one (ConfigMap,
 Service), a lost label or a lost owner reference is a hand edit and triggers a
 reconcile (`drift`).
 
 Per owner it keeps the status last written (fresher than kopf's index right
-after a write), the digests of the secret values last used (so a Secret event
-that changes nothing is ignored), and a lock so that reconciles, drift repairs
-and status refreshes of one MailtrapWebhook never interleave.
+after a write) and a lock so that reconciles, drift repairs and status refreshes
+of one MailtrapWebhook never interleave.
 
 Nothing here is persisted: after a restart, kopf's resume handlers reconcile
 every resource once and so fill the ledger again.
@@ -20,10 +19,9 @@ every resource once and so fill the ledger again.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .resources import (
@@ -34,10 +32,9 @@ from .resources import (
     OwnerKey,
     controller_owner,
 )
-from .status import Rollout
+from .status import Problem, Rollout
 
 ChildKey = tuple[str, str, str]  # (kind, namespace, name)
-SecretKey = tuple[str, str]  # (secret name, key)
 
 
 @dataclass
@@ -45,21 +42,17 @@ class AppliedChild:
     owner: OwnerKey
     resource_version: str
     generation: int | None
+    uid: str = ""  # which object it was: the next write is conditioned on it
 
 
 @dataclass
 class OwnerRecord:
     uid: str
     status: dict[str, Any] | None = None
-    # Digest of each referenced secret value, None for a missing secret or key.
-    secret_digests: dict[SecretKey, str | None] = field(default_factory=dict)
     reconciled: bool = False
-    # The last reconcile met a problem that a retry may solve (not a spec error).
-    failed: bool = False
-
-
-def digest(value: bytes) -> str:
-    return hashlib.sha256(value).hexdigest()
+    # The problem of the last reconcile when a retry may solve it (not a spec error):
+    # what the retry waits for (`reconciler.retry_delay`); None when none is due.
+    retry: Problem | None = None
 
 
 def _newer(seen: str, recorded: str) -> bool:
@@ -188,15 +181,16 @@ class Ledger:
         for child in self._by_owner.pop(key, set()):
             self._children.pop(child, None)
 
-    def owners(self) -> int:
-        return len(self._owners)
-
     # -- children --
 
     def record_applied(self, *, kind: str, owner: OwnerKey, body: Mapping[str, Any]) -> None:
-        key, resource_version, generation = _identity(kind, body.get("metadata") or {})
+        meta = body.get("metadata") or {}
+        key, resource_version, generation = _identity(kind, meta)
         self._children[key] = AppliedChild(
-            owner=owner, resource_version=resource_version, generation=generation
+            owner=owner,
+            resource_version=resource_version,
+            generation=generation,
+            uid=str(meta.get("uid") or ""),
         )
         self._by_owner.setdefault(owner, set()).add(key)
 

@@ -6,7 +6,7 @@ the receiver's schema (`mailtrap_receiver.logs`): ``timestamp`` (UTC, ISO 8601),
 kopf's per-object loggers, the namespace, name and kind of the object. One schema
 lets a log pipeline parse both programs with one rule. Console is for people. Our
 modules log through structlog with key-value fields. Secret values are never
-logged: the reconciler only ever has digests and Secret names to say.
+logged: the operator never holds them (it learns only which keys a Secret has).
 """
 
 from __future__ import annotations

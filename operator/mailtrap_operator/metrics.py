@@ -29,7 +29,8 @@ class OperatorMetrics:
         self.reconciles = Counter(
             f"{PREFIX}reconciles",
             "Reconciles of MailtrapWebhook resources, by outcome "
-            "(success; degraded: a missing Secret or an invalid spec; error: the API failed).",
+            "(success; degraded: a Secret problem, an invalid spec, a policy violation or "
+            "a child conflict; error: the API failed).",
             ["outcome"],
             registry=self.registry,
         )

@@ -1,25 +1,32 @@
-"""One reconcile of one MailtrapWebhook, and the reactions to its children and Secrets.
+"""One reconcile of one MailtrapWebhook, and the reactions to its children.
 
 `handlers` turn kopf events into calls here; this module decides what to do and
 uses the others to do it: `builders` for the manifests, `kubeapi` for every
 API request, `status` for what to report, the `ledger` to tell our own writes
-from hand edits, `metrics` to count. The three entry points:
+from hand edits, `metrics` to count. The two entry points:
 
-- `Reconciler.reconcile`: read the referenced Secrets, build and server-side
-  apply the children, delete the optional ones no longer wanted, write status,
-  post Events. A missing Secret or an invalid spec is not an exception here: it
-  becomes the Degraded condition, a Warning Event and the returned `Problem`,
-  which the kopf handler turns into a retry (or none, when only a spec change
-  can help). Nothing is applied while a reference is broken, so there is never
-  a half-applied state.
+- `Reconciler.reconcile`: check the spec against the platform's policy
+  (`policy_problem`), check that the referenced Secrets exist, opted in and
+  hold the keys (`secret_problem`; their values are never read), check who
+  holds each child's name (`ownership`), create or server-side apply the
+  children, delete the optional ones no longer wanted, write status, post
+  Events. A policy violation, a Secret problem, a child name held by someone
+  else or an invalid spec is not an exception here: it becomes the Degraded
+  condition, a Warning Event and the returned `Problem`, which the kopf handler
+  turns into a retry (or none, when only a spec change can help). Nothing is
+  applied while any of these stands, so there is never a half-applied state.
 - `Reconciler.observe_child`: a child changed or disappeared. Noted at once, then
   handled by a task per owner: if the ledger says it was not us, reconcile the
   owner (drift repair); for a Deployment, refresh the owner's replica counts and
   readiness.
-- `Reconciler.on_secret_event`: a referenced Secret appeared, changed or went
-  away; reconcile its owners if the values they use changed.
 
-kopf retries the reconciles of its own handlers. The other two have no handler
+Secrets are not watched (that would take reading every Secret in the cluster):
+the receivers re-read their mounted secret files, so a changed value needs no
+reconcile, and a missing or unlabelled Secret is retried often enough
+(`retry_delay`, at most `SECRET_RETRY_DELAY`) that creating or labelling it
+makes the resource Ready soon without anyone touching it.
+
+kopf retries the reconciles of its own handlers. Drift repairs have no handler
 to retry them, so when they meet a problem a retry may solve (the API
 unreachable, say, while a child was deleted) a task per owner retries with the
 same backoff until a reconcile succeeds, the owner goes away or a spec change
@@ -32,35 +39,62 @@ import asyncio
 import datetime
 import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
-from . import builders, status
+from . import builders, ownership, policy, status
 from .kubeapi import ApiError, KubeApi
-from .ledger import ChildKey, ChildState, Ledger, OwnerRecord, digest, drift
+from .ledger import ChildKey, ChildState, Ledger, OwnerRecord, drift
 from .logs import get_logger
 from .metrics import OperatorMetrics
 from .resources import (
     DEPLOYMENT,
+    FIELD_MANAGER,
     KINDS_BY_NAME,
+    SECRET_OPT_IN_LABEL,
+    SECRET_OPT_IN_VALUE,
     SERVICE_MONITOR,
+    Kind,
     Owner,
     OwnerKey,
-    SecretData,
-    SecretVersion,
-    decode_secret_data,
+    SecretInfo,
 )
 from .settings import Settings
 
 log = get_logger(__name__)
 
-ChildRef = tuple[str, str]  # (kind, name), as kopf's children index holds them
-SECRET_PROBLEMS: Final = frozenset({"SecretMissing", "SecretKeyMissing"})
+
+class ChildRef(NamedTuple):
+    """A child as kopf's children index holds it, under its controller's key."""
+
+    kind: str
+    name: str
+    uid: str
+    owner_uid: str  # the controller MailtrapWebhook's uid
+
+
+# Races lost in a row before giving up for now: the object at a name changed
+# between the owner check and the write (each time, the check is made again).
+WRITE_ATTEMPTS: Final = 3
+SECRET_PROBLEMS: Final = frozenset({"SecretMissing", "SecretKeyMissing", "SecretNotLabelled"})
+# Problems for people to fix in the spec or beside it (outcome "degraded"), rather
+# than the API failing (outcome "error").
+DEGRADED_PROBLEMS: Final = SECRET_PROBLEMS | {"InvalidSpec", "PolicyViolation", "ChildConflict"}
 MAX_RETRY_DELAY: Final = 300.0
+# Creating or labelling a Secret is not watched: the retry notices it, this soon.
+SECRET_RETRY_DELAY: Final = 30.0
+# Why a drift repair is retried when the API would not say whether its owner lives.
+UNANSWERED: Final = status.Problem(
+    "ApiUnavailable", "The Kubernetes API did not answer whether the MailtrapWebhook exists."
+)
 
 
-def retry_delay(retry: int) -> float:
-    """Exponential backoff for failed reconciles: 5 s, 10 s, 20 s ... 5 min."""
-    return float(min(MAX_RETRY_DELAY, 5.0 * 2 ** min(retry, 10)))
+def retry_delay(retry: int, problem: status.Problem | None = None) -> float:
+    """Exponential backoff for failed reconciles: 5 s, 10 s, 20 s ... 5 min, or at
+    most `SECRET_RETRY_DELAY` for a Secret problem."""
+    cap = MAX_RETRY_DELAY
+    if problem is not None and problem.reason in SECRET_PROBLEMS:
+        cap = SECRET_RETRY_DELAY
+    return float(min(cap, 5.0 * 2 ** min(retry, 10)))
 
 
 def _utcnow() -> datetime.datetime:
@@ -78,7 +112,7 @@ class Reconciler:
         metrics: OperatorMetrics,
         ledger: Ledger | None = None,
         clock: Callable[[], datetime.datetime] = _utcnow,
-        backoff: Callable[[int], float] = retry_delay,
+        backoff: Callable[[int, status.Problem | None], float] = retry_delay,
     ) -> None:
         self.settings = settings
         self.api = api
@@ -125,37 +159,6 @@ class Reconciler:
         if state.owner not in self._draining:
             self._draining.add(state.owner)
             self._spawn(self._drain(state.owner, find_owner, known_children))
-
-    async def on_secret_event(
-        self,
-        *,
-        event_type: str | None,
-        body: Mapping[str, Any],
-        owners: Iterable[Owner],
-        find_owner: Callable[[OwnerKey], Owner | None],
-        known_children: Callable[[OwnerKey], Iterable[ChildRef]],
-    ) -> None:
-        meta = body.get("metadata") or {}
-        name = str(meta.get("name", ""))
-        data = None if event_type == "DELETED" else decode_secret_data(body.get("data") or {})
-        for owner in owners:
-            async with self.ledger.lock(owner.key):
-                record = self.ledger.known_owner(owner.key, uid=owner.uid)
-                if record is None or owner.deleting:
-                    continue
-                used = [key for key in record.secret_digests if key[0] == name]
-                seen = {key: _digest_of(data, key[1]) for key in used}
-                if all(record.secret_digests[key] == seen[key] for key in used):
-                    continue
-                log.info(
-                    "secret changed",
-                    namespace=owner.namespace,
-                    name=owner.name,
-                    secret=name,
-                )
-                await self._reconcile(owner, known_children(owner.key), "secret")
-                if record.failed:
-                    self._retry(owner.key, find_owner, known_children)
 
     def on_owner_event(self, *, event_type: str | None, key: OwnerKey, managed: int) -> None:
         if event_type == "DELETED":
@@ -222,12 +225,12 @@ class Reconciler:
                 if any(state.deleted for state in states):
                     alive = await self._owner_alive(owner)
                     if alive is None:  # the API did not answer: ask again later
-                        record.failed = True
+                        record.retry = UNANSWERED
                         self._retry(key, find_owner, known_children)
                     if not alive:
                         return
                 await self._repair(owner, known_children(key), repairs)
-                if record.failed:
+                if record.retry is not None:
                     self._retry(key, find_owner, known_children)
             elif rollout is not None:
                 await self._refresh(owner, record, rollout)
@@ -246,29 +249,33 @@ class Reconciler:
         problem: status.Problem | None = None
         try:
             builders.validate(owner)
-            refs = builders.secret_refs(owner.spec)
-            versions, problem = await self._read_secrets(owner, refs, record)
+            problem = policy_problem(owner, self.settings.policy)
             if problem is None:
-                await self._apply(owner, versions, known_children, record, previous, first)
+                problem = await self._check_secrets(owner)
+            if problem is None:
+                await self._apply(owner, known_children, record, previous, first)
         except builders.SpecError as error:
             problem = status.Problem("InvalidSpec", str(error), permanent=True)
+        except ownership.ChildConflict as error:
+            # Retried: the other object may go (garbage collection of a leftover).
+            problem = status.Problem("ChildConflict", str(error))
         except ApiError as error:
             if error.namespace_terminating:
                 # The namespace controller deletes children before their owner;
                 # putting them back is neither possible nor wanted.
                 log.info("namespace terminating", namespace=owner.namespace, name=owner.name)
-                record.failed = False  # nothing left to retry
+                record.retry = None  # nothing left to retry
                 return None
             problem = api_problem(error)
         if problem is not None:
             await self._report_problem(owner, record, previous, problem)
         record.reconciled = True
-        record.failed = problem is not None and not problem.permanent
+        record.retry = problem if problem is not None and not problem.permanent else None
 
         elapsed = time.monotonic() - started
         if problem is None:
             outcome = "success"
-        elif problem.reason in SECRET_PROBLEMS or problem.reason == "InvalidSpec":
+        elif problem.reason in DEGRADED_PROBLEMS:
             outcome = "degraded"
         else:
             outcome = "error"
@@ -286,54 +293,35 @@ class Reconciler:
         )
         return problem
 
-    async def _read_secrets(
-        self, owner: Owner, refs: list[builders.SecretRef], record: OwnerRecord
-    ) -> tuple[dict[str, SecretVersion], status.Problem | None]:
-        """The versions of the referenced Secrets, or the problem with them.
-
-        Values are only checked for presence and digested for the ledger (so a
-        Secret event that changes no value we use is ignored); they go nowhere else.
-        """
+    async def _check_secrets(self, owner: Owner) -> status.Problem | None:
+        """What is wrong with the Secrets the spec references, if anything."""
+        refs = builders.secret_refs(owner.spec)
         names = sorted({ref.name for ref in refs})
         found = await asyncio.gather(
             *(self.api.read_secret(namespace=owner.namespace, name=name) for name in names)
         )
-        secrets = dict(zip(names, found, strict=True))
-        missing_secrets: dict[str, str] = {}
-        missing_keys: list[str] = []
-        for ref in refs:
-            secret = secrets[ref.name]
-            if secret is None:
-                missing_secrets.setdefault(ref.name, ref.field)
-            elif ref.key not in secret.data:
-                missing_keys.append(
-                    f'Secret "{ref.name}" has no key "{ref.key}" (referenced by {ref.field})'
-                )
-        record.secret_digests = {
-            (ref.name, ref.key): _digest_of(_data(secrets[ref.name]), ref.key) for ref in refs
-        }
-        versions = {name: secret.version for name, secret in secrets.items() if secret is not None}
-        messages = [
-            f'Secret "{name}" not found in namespace "{owner.namespace}" (referenced by {where})'
-            for name, where in sorted(missing_secrets.items())
-        ] + missing_keys
-        if not messages:
-            return versions, None
-        reason = "SecretMissing" if missing_secrets else "SecretKeyMissing"
-        return versions, status.Problem(reason, "; ".join(messages) + ".")
+        return secret_problem(
+            namespace=owner.namespace,
+            refs=refs,
+            secrets=dict(zip(names, found, strict=True)),
+            require_label=self.settings.policy.require_secret_label,
+        )
 
     async def _apply(
         self,
         owner: Owner,
-        versions: Mapping[str, SecretVersion],
         known_children: Iterable[ChildRef],
         record: OwnerRecord,
         previous: Mapping[str, Any],
         first: bool,
     ) -> None:
-        config = builders.build_config(spec=owner.spec, namespace=owner.namespace)
+        config = builders.build_config(
+            spec=owner.spec,
+            namespace=owner.namespace,
+            denied_target_ranges=self.settings.policy.denied_target_cidrs,
+        )
         config_text = builders.render_config(config=config, owner=owner)
-        config_hash = builders.config_hash(config_text=config_text, secret_versions=versions)
+        config_hash = builders.config_hash(config_text=config_text)
         monitors = await self.api.served(kind=SERVICE_MONITOR)
         children = builders.build_children(
             owner=owner,
@@ -344,31 +332,50 @@ class Reconciler:
             image_pull_policy=self.settings.receiver_image_pull_policy or None,
         )
 
+        # Every child is checked before any is written: a name held by someone
+        # else stops the whole apply (no half-applied state) and is reported.
+        wanted = [(KINDS_BY_NAME[manifest["kind"]], manifest) for manifest in children.manifests]
+        # ServiceMonitors are not watched: after a restart only a read can tell
+        # whether one of ours is left over.
+        unwanted = [
+            kind
+            for kind in sorted(children.unwanted, key=lambda k: k.kind)
+            if kind.watched or (monitors and (first or self._applied(owner, kind) is not None))
+        ]
+        known = self._known(owner, known_children)
+        claims = await asyncio.gather(
+            *(self._claim(owner, kind, known) for kind, _ in wanted),
+            *(self._claim(owner, kind, known, read=not kind.watched) for kind in unwanted),
+        )
+        conflicts = [
+            ownership.conflict_message(kind.kind, builders.child_name(owner.name), claim.holder)
+            for (kind, _), claim in zip(wanted, claims, strict=False)
+            if claim.action is ownership.Action.CONFLICT
+        ]
+        if conflicts:
+            raise ownership.ChildConflict("; ".join(conflicts) + ".")
+
         deployment: Mapping[str, Any] = {}
-        for manifest in children.manifests:
-            kind = KINDS_BY_NAME[manifest["kind"]]
-            body = await self.api.apply(manifest=manifest, kind=kind)
+        for (kind, manifest), claim in zip(wanted, claims, strict=False):
+            body = await self._write(owner, kind, manifest, claim)
             self.ledger.record_applied(kind=kind.kind, owner=owner.key, body=body)
             if kind is DEPLOYMENT:
                 deployment = body
 
         name = builders.child_name(owner.name)
-        known = set(known_children) | {
-            (kind, child) for kind, _, child in self.ledger.children_of(owner.key)
-        }
-        for kind in sorted(children.unwanted, key=lambda k: k.kind):
-            # ServiceMonitors are not watched, so after a restart only a delete
-            # attempt can tell whether one is left over.
-            unknown_monitor = kind is SERVICE_MONITOR and monitors and first
-            if (kind.kind, name) in known or unknown_monitor:
-                self.ledger.forget_child((kind.kind, owner.namespace, name))
-                if await self.api.delete(kind=kind, namespace=owner.namespace, name=name):
-                    log.info(
-                        "deleted unwanted child",
-                        namespace=owner.namespace,
-                        name=owner.name,
-                        kind=kind.kind,
-                    )
+        for kind, claim in zip(unwanted, claims[len(wanted) :], strict=True):
+            if claim.action is not ownership.Action.APPLY:
+                continue  # nothing there, or not ours to delete
+            self.ledger.forget_child((kind.kind, owner.namespace, name))
+            if await self.api.delete(
+                kind=kind, namespace=owner.namespace, name=name, uid=claim.uid
+            ):
+                log.info(
+                    "deleted unwanted child",
+                    namespace=owner.namespace,
+                    name=owner.name,
+                    kind=kind.kind,
+                )
 
         new = status.build_status(
             previous=previous,
@@ -406,6 +413,114 @@ class Reconciler:
                 "spec.serviceMonitor.enabled is true but the cluster does not serve "
                 "monitoring.coreos.com/v1 ServiceMonitors (is the Prometheus Operator installed?).",
             )
+
+    # -- children: who holds each name, and writes conditioned on it --
+
+    def _known(
+        self, owner: Owner, known_children: Iterable[ChildRef]
+    ) -> dict[str, ownership.Found]:
+        """What kopf's children index knows at this owner's child name, by kind."""
+        name = builders.child_name(owner.name)
+        return {
+            child.kind: ownership.Found.of(owner, uid=child.uid, owner_uid=child.owner_uid)
+            for child in known_children
+            if child.name == name
+        }
+
+    def _applied(self, owner: Owner, kind: Kind) -> ownership.Found | None:
+        """What this process last applied at the child name, if anything."""
+        applied = self.ledger.applied((kind.kind, owner.namespace, builders.child_name(owner.name)))
+        if applied is None or not applied.uid:
+            return None
+        return ownership.Found.of(owner, uid=applied.uid, owner_uid=owner.uid)
+
+    async def _claim(
+        self,
+        owner: Owner,
+        kind: Kind,
+        known: Mapping[str, ownership.Found],
+        *,
+        read: bool = True,
+    ) -> ownership.Claim:
+        """Whose object is at the child name, from the index, the ledger, or a read.
+
+        The index holds only labelled children with a MailtrapWebhook controller,
+        and may lag behind our own writes (which the ledger has): anything neither
+        knows is read, unless ``read`` is off (an unwanted watched kind, which the
+        index would hold if it were ours).
+        """
+        found = known.get(kind.kind) or self._applied(owner, kind)
+        if found is None and read:
+            found = await self._read_child(owner, kind)
+        return ownership.claim(found, owner)
+
+    async def _read_child(self, owner: Owner, kind: Kind) -> ownership.Found | None:
+        body = await self.api.read(
+            kind=kind, namespace=owner.namespace, name=builders.child_name(owner.name)
+        )
+        return None if body is None else ownership.Found.from_body(body)
+
+    async def _write(
+        self, owner: Owner, kind: Kind, manifest: Mapping[str, Any], claim: ownership.Claim
+    ) -> dict[str, Any]:
+        """Create or apply one child as ``claim`` allows; when the object at its name
+        changed in between (a create finds it taken, an apply finds another uid),
+        check again and go by the new answer."""
+        name = builders.child_name(owner.name)
+        for _ in range(WRITE_ATTEMPTS):
+            if claim.action is ownership.Action.CONFLICT:
+                break
+            try:
+                if claim.action is ownership.Action.CREATE:
+                    body = await self.api.create(manifest=manifest, kind=kind)
+                else:
+                    meta = {**manifest["metadata"], "uid": claim.uid}
+                    body = await self.api.apply(manifest={**manifest, "metadata": meta}, kind=kind)
+            except ApiError as error:
+                if not (error.already_exists or error.uid_mismatch):
+                    raise
+                log.info(
+                    "child changed hands",
+                    namespace=owner.namespace,
+                    name=owner.name,
+                    kind=kind.kind,
+                )
+                self.ledger.forget_child((kind.kind, owner.namespace, name))
+                claim = ownership.claim(await self._read_child(owner, kind), owner)
+            else:
+                return await self._settle_fields(kind, body)
+        holder = claim.holder or "it kept changing while being written"
+        raise ownership.ChildConflict(ownership.conflict_message(kind.kind, name, holder) + ".")
+
+    async def _settle_fields(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
+        """A created child's fields handed to our apply, which can then remove them.
+
+        Conditioned on the version just seen, and controllers write a new object's
+        status at once: a lost race reads the object again. One that keeps losing is
+        left for the next write, whose answer is folded the same way.
+        """
+        for _ in range(WRITE_ATTEMPTS):
+            meta = body.get("metadata") or {}
+            folded = ownership.fold_managed_fields(meta.get("managedFields") or (), FIELD_MANAGER)
+            if folded is None:
+                return body
+            namespace, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+            try:
+                return await self.api.set_managed_fields(
+                    kind=kind,
+                    namespace=namespace,
+                    name=name,
+                    resource_version=str(meta.get("resourceVersion", "")),
+                    entries=folded,
+                )
+            except ApiError as error:
+                if error.status != 409:
+                    raise
+            fresh = await self.api.read(kind=kind, namespace=namespace, name=name)
+            if fresh is None:
+                break
+            body = fresh
+        return body
 
     async def _report_problem(
         self,
@@ -520,7 +635,8 @@ class Reconciler:
         attempt = 0
         try:
             while True:
-                await asyncio.sleep(self.backoff(attempt))
+                record = self.ledger.known_owner(key)
+                await asyncio.sleep(self.backoff(attempt, record.retry if record else None))
                 attempt += 1
                 # The latest snapshot: the spec may have changed since the failure.
                 owner = find_owner(key)
@@ -528,7 +644,7 @@ class Reconciler:
                     return
                 async with self.ledger.lock(key):
                     record = self.ledger.known_owner(key, uid=owner.uid)
-                    if record is None or not record.failed:
+                    if record is None or record.retry is None:
                         return  # forgotten, or another reconcile succeeded meanwhile
                     # A child may have gone with its owner (garbage collection)
                     # while kopf's index still holds the owner.
@@ -538,7 +654,7 @@ class Reconciler:
                     if alive is None:
                         continue
                     await self._reconcile(owner, known_children(key), "retry")
-                    if not record.failed:
+                    if record.retry is None:
                         return
         except Exception:  # a retry lost is logged; the next event or restart reconciles
             log.exception("reconcile retries stopped", namespace=key[0], name=key[1])
@@ -595,11 +711,63 @@ def api_problem(error: ApiError) -> status.Problem:
     return status.Problem("ApiUnavailable", f"The Kubernetes API answered {error}")
 
 
-def _data(secret: SecretData | None) -> Mapping[str, bytes] | None:
-    return None if secret is None else secret.data
-
-
-def _digest_of(data: Mapping[str, bytes] | None, key: str) -> str | None:
-    if data is None or key not in data:
+def policy_problem(owner: Owner, rules: policy.Policy) -> status.Problem | None:
+    """The spec's violations of the platform's policy, as one permanent problem: only
+    a spec change (or other operator settings, after a restart) can fix it."""
+    violations = policy.check(owner.spec, namespace=owner.namespace, policy=rules)
+    if not violations:
         return None
-    return digest(data[key])
+    message = "; ".join(str(violation) for violation in violations) + "."
+    return status.Problem("PolicyViolation", message, permanent=True)
+
+
+def secret_problem(
+    *,
+    namespace: str,
+    refs: Iterable[builders.SecretRef],
+    secrets: Mapping[str, SecretInfo | None],
+    require_label: bool,
+) -> status.Problem | None:
+    """What is wrong with the referenced Secrets (by name in ``secrets``), if anything.
+
+    A Secret counts only once whoever may write it opted in with the label (unless
+    the platform turned that off): a tenant who may not read a Secret must not get
+    the receiver to use it. Nothing is said about the keys of a Secret that did not
+    opt in, so referencing one tells nothing about it.
+    """
+    missing: dict[str, str] = {}
+    unlabelled: dict[str, str] = {}
+    messages: list[str] = []
+    for ref in refs:
+        secret = secrets.get(ref.name)
+        if secret is None:
+            missing.setdefault(ref.name, ref.field)
+        elif require_label and not secret.opted_in:
+            unlabelled.setdefault(ref.name, ref.field)
+        elif ref.key not in secret.keys:
+            messages.append(
+                f'Secret "{ref.name}" has no key "{ref.key}" (referenced by {ref.field})'
+            )
+    label = f"{SECRET_OPT_IN_LABEL}={SECRET_OPT_IN_VALUE}"
+    messages = [
+        *(
+            f'Secret "{name}" not found in namespace "{namespace}" (referenced by {where})'
+            for name, where in sorted(missing.items())
+        ),
+        *(
+            f'Secret "{name}" (referenced by {where}) is not labelled {label}: whoever '
+            f'may write it allows its use with "kubectl -n {namespace} label secret {name} '
+            f'{label}"'
+            for name, where in sorted(unlabelled.items())
+        ),
+        *messages,
+    ]
+    if not messages:
+        return None
+    if missing:
+        reason = "SecretMissing"
+    elif unlabelled:
+        reason = "SecretNotLabelled"
+    else:
+        reason = "SecretKeyMissing"
+    return status.Problem(reason, "; ".join(messages) + ".")

@@ -9,12 +9,11 @@ given instead of a raw kopf body.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
+from urllib.parse import quote
 
 GROUP: Final = "mailtrap.io"
 VERSION: Final = "v1alpha1"
@@ -56,10 +55,22 @@ class Kind:
         return f"{self.group}/{self.version}" if self.group else self.version
 
     def path(self, *, namespace: str, name: str | None = None) -> str:
-        """The REST path of a namespaced object (or of the collection when no name)."""
+        """The REST path of a namespaced object (or of the collection when no name).
+
+        Names come from specs that tenants write: each is one escaped path segment,
+        so a name such as ``../../other/secrets/x`` can never address anything
+        outside ``namespace`` (the CRD's patterns refuse such names first).
+        """
         root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        path = f"{root}/namespaces/{namespace}/{self.plural}"
-        return f"{path}/{name}" if name is not None else path
+        path = f"{root}/namespaces/{_segment(namespace)}/{self.plural}"
+        return f"{path}/{_segment(name)}" if name is not None else path
+
+
+def _segment(value: str) -> str:
+    # "." and ".." survive percent-encoding and are dot segments to URL normalisation.
+    if value in ("", ".", ".."):
+        raise ValueError(f"{value!r} is not an object or namespace name")
+    return quote(value, safe="")
 
 
 CONFIG_MAP: Final = Kind("ConfigMap", "", "v1", "configmaps")
@@ -149,29 +160,24 @@ def controller_owner(body: Mapping[str, Any]) -> tuple[OwnerKey, str] | None:
     return None
 
 
-@dataclass(frozen=True)
-class SecretVersion:
-    """Which object and version of a Secret a reconcile read; what the pod-template
-    hash covers instead of the values (see `builders.config_hash`)."""
-
-    uid: str
-    resource_version: str
+# The label by which whoever may write a Secret lets MailtrapWebhooks use it (see
+# `reconciler.secret_problem`): a tenant who cannot write a Secret cannot add it.
+SECRET_OPT_IN_LABEL: Final = "mailtrap.io/webhook-secret"  # noqa: S105 - a label key
+SECRET_OPT_IN_VALUE: Final = "true"  # noqa: S105 - its value
 
 
 @dataclass(frozen=True)
-class SecretData:
-    """A Secret as a reconcile reads it: decoded values and the version they are of."""
+class SecretInfo:
+    """What a reconcile learns of a referenced Secret: its key names and whether it
+    opted in. Never its values: the receiver reads those from its mounted files."""
 
-    data: Mapping[str, bytes]
-    version: SecretVersion
+    keys: frozenset[str]
+    opted_in: bool
 
-
-def decode_secret_data(data: Mapping[str, Any]) -> dict[str, bytes]:
-    """A Secret's ``data`` (base64 values) decoded; undecodable entries are left out."""
-    values: dict[str, bytes] = {}
-    for key, encoded in data.items():
-        try:
-            values[str(key)] = base64.b64decode(str(encoded), validate=True)
-        except (binascii.Error, ValueError):
-            continue
-    return values
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> SecretInfo:
+        labels = (body.get("metadata") or {}).get("labels") or {}
+        return cls(
+            keys=frozenset(str(key) for key in body.get("data") or {}),
+            opted_in=labels.get(SECRET_OPT_IN_LABEL) == SECRET_OPT_IN_VALUE,
+        )

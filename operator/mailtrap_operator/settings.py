@@ -2,7 +2,8 @@
 
 A flag wins over its variable, which wins over the default. `cli` parses them
 once and hands the frozen `Settings` to `logs`, `handlers` (kopf's own
-settings: namespaces, peering) and `reconciler` (the default receiver image).
+settings: namespaces, peering) and `reconciler` (the default receiver image, and
+the platform's `policy.Policy`, whose flags are named after its fields).
 The Kubernetes credentials are not settings: in a Pod the ServiceAccount is
 used, elsewhere ``$KUBECONFIG`` (see `kubeapi`). The Mailtrap API base URL also
 answers to ``$MAILTRAP_API_URL``, the name every Mailtrap tool here shares
@@ -12,15 +13,17 @@ answers to ``$MAILTRAP_API_URL``, the name every Mailtrap tool here shares
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import random
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Final
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from . import __version__
 from .mailtrap.client import DEFAULT_API_URL, api_url_from, check_api_url
+from .policy import IPNetwork, Policy, flag, ip_literal, is_snippet
 
 ENV_PREFIX: Final = "MAILTRAP_OPERATOR_"
 # The receiver-only image released with this version (the Dockerfile's `receiver`
@@ -49,6 +52,7 @@ class Settings:
     discovery_ttl: float = 60.0
     # Mailtrap's API (managed mode).
     mailtrap_api_url: str = DEFAULT_API_URL
+    policy: Policy = field(default_factory=Policy)
 
     @property
     def clusterwide(self) -> bool:
@@ -80,6 +84,42 @@ def _port(text: str) -> int:
 
 def _optional_int(text: str) -> int | None:
     return int(text) if text.strip() else None
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _words(text: str) -> tuple[str, ...]:
+    """A comma-separated list, each item stripped, empty ones and repeats left out."""
+    return tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+
+
+def _lower_words(text: str) -> tuple[str, ...]:
+    return _words(text.lower())
+
+
+def _annotation_patterns(text: str) -> tuple[str, ...]:
+    patterns = _words(text)
+    for pattern in patterns:
+        if is_snippet(pattern):
+            raise argparse.ArgumentTypeError(
+                f"{pattern!r}: snippet annotations put raw configuration into the shared "
+                "Ingress controller and cannot be allowed"
+            )
+    return patterns
+
+
+def _cidrs(text: str) -> tuple[IPNetwork, ...]:
+    try:
+        return tuple(ipaddress.ip_network(item, strict=False) for item in _words(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _positive(text: str) -> int:
@@ -187,7 +227,85 @@ def build_parser(*, environ: Mapping[str, str] | None = None) -> argparse.Argume
         help="seconds the ServiceMonitor API check is cached (default: %(default)s)",
     )
     _add_mailtrap_arguments(parser, env)
+    _add_policy(parser.add_argument_group("policy: what a MailtrapWebhook may ask for"), env)
     return parser
+
+
+# Each Policy field: how its value is read, and its help. Flags and variables are
+# named after the field (policy.flag), as the chart's values are (policy.setting).
+_POLICY_OPTIONS: Final[tuple[tuple[str, Callable[[str], Any], str], ...]] = (
+    (
+        "require_secret_label",
+        _bool,
+        "use a referenced Secret only if it carries the label mailtrap.io/webhook-secret=true",
+    ),
+    ("allow_image_override", _bool, "let spec.image choose the receiver image"),
+    (
+        "allowed_image_registries",
+        _words,
+        "with --allow-image-override, only images under these registry/repository "
+        "prefixes; any when empty",
+    ),
+    (
+        "allowed_ingress_annotations",
+        _annotation_patterns,
+        "Ingress annotation keys (glob patterns) spec.ingress.annotations may set; "
+        "*-snippet keys never",
+    ),
+    (
+        "allowed_ingress_hosts",
+        _lower_words,
+        "host patterns spec.ingress.host may use; any when empty",
+    ),
+    (
+        "allowed_ingress_classes",
+        _words,
+        "IngressClasses spec.ingress.className may name; any when empty",
+    ),
+    ("allowed_priority_classes", _words, "PriorityClasses spec.priorityClassName may name"),
+    ("allow_tolerations", _bool, "let spec.tolerations put receivers on tainted nodes"),
+    ("allowed_pod_labels", _words, "label keys (glob patterns) spec.podLabels may set"),
+    (
+        "allowed_pod_annotations",
+        _words,
+        "annotation keys (glob patterns) spec.podAnnotations may set",
+    ),
+    (
+        "denied_target_cidrs",
+        _cidrs,
+        "CIDRs no target may be at (refused in the spec, and by the receiver after name "
+        "resolution); the API server's ($KUBERNETES_SERVICE_HOST) is always added",
+    ),
+    ("denied_target_hosts", _lower_words, "target host names (glob patterns) refused in the spec"),
+)
+
+
+def _default_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
+    return str(value)
+
+
+def _add_policy(group: argparse._ArgumentGroup, env: Mapping[str, str]) -> None:
+    defaults = Policy()
+    for name, parse_value, help_text in _POLICY_OPTIONS:
+        extra: dict[str, Any] = {"nargs": "?", "const": True} if parse_value is _bool else {}
+        group.add_argument(
+            flag(name),
+            dest=name,
+            type=parse_value,
+            default=_env(env, name.upper(), _default_text(getattr(defaults, name))),
+            help=f"{help_text} (default: %(default)s)",
+            **extra,
+        )
+
+
+def _api_server_address(environ: Mapping[str, str]) -> tuple[IPNetwork, ...]:
+    """The API server's Service address, as Kubernetes tells every Pod."""
+    address = ip_literal(environ.get("KUBERNETES_SERVICE_HOST", ""))
+    return () if address is None else (ipaddress.ip_network(address),)
 
 
 def parse(
@@ -206,6 +324,10 @@ def parse(
         parser.error(f"pull policy {args.receiver_image_pull_policy!r} is not valid")
     if not args.receiver_image:
         parser.error("the receiver image must not be empty")
+    env = os.environ if environ is None else environ
+    args.denied_target_cidrs = tuple(
+        dict.fromkeys((*args.denied_target_cidrs, *_api_server_address(env)))
+    )
     return Settings(
         namespaces=tuple(args.namespaces),
         receiver_image=args.receiver_image,
@@ -219,4 +341,7 @@ def parse(
         api_workers=int(args.api_workers),
         discovery_ttl=float(args.discovery_ttl),
         mailtrap_api_url=args.mailtrap_api_url,
+        policy=Policy(
+            **{name: getattr(args, name) for name, _, _ in _POLICY_OPTIONS},
+        ),
     )

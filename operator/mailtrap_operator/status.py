@@ -22,6 +22,7 @@ from typing import Any, Final
 READY: Final = "Ready"
 PROGRESSING: Final = "Progressing"
 DEGRADED: Final = "Degraded"
+# Every status carries these, in this order.
 CONDITION_TYPES: Final = (READY, PROGRESSING, DEGRADED)
 # Degraded because the Deployment says its rollout failed: read from the
 # Deployment each time, never carried over like a reconcile's problem.
@@ -176,10 +177,8 @@ def build_status(
         else:
             ready = _readiness(rollout)
             progressing = _progress(rollout)
-    for kind, (value, reason, message) in (
-        (READY, ready),
-        (PROGRESSING, progressing),
-        (DEGRADED, degraded),
+    for kind, (value, reason, message) in zip(
+        CONDITION_TYPES, (ready, progressing, degraded), strict=True
     ):
         conditions.append(
             _condition(

@@ -6,7 +6,9 @@ camelCase, with one rule: every ``...SecretRef`` of the CRD (a Secret name and k
 becomes ``...SecretFile`` here, holding the path of a mounted file
 (``signingSecretFile``, ``basicAuthSecretFile``, ``targets[].signingSecretFile``). A
 relative path is resolved against the directory of the config file. Keys that only
-shape the Kubernetes objects (`OPERATOR_ONLY_KEYS`) are not accepted.
+shape the Kubernetes objects (`OPERATOR_ONLY_KEYS`) are not accepted; one key has no
+twin in the CRD, as the operator writes it from its own settings
+(`OPERATOR_INJECTED_KEYS`: ``deniedTargetRanges``).
 
 Every key may be overridden from the environment: ``MAILTRAP_RECEIVER_<KEY>``, with
 ``__`` between nesting levels and list indexes as numbers
@@ -70,6 +72,10 @@ OPERATOR_ONLY_KEYS: Final[frozenset[str]] = frozenset(
         "serviceMonitor",
     }
 )
+
+# Keys only the operator writes, from its own settings rather than the spec: the CRD
+# has no such field, so whoever writes a MailtrapWebhook cannot set them.
+OPERATOR_INJECTED_KEYS: Final[frozenset[str]] = frozenset({"deniedTargetRanges"})
 
 _DURATION = re.compile(r"(?:[0-9]+(?:\.[0-9]+)?(?:ms|s|m|h))+")
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
@@ -157,8 +163,11 @@ class _Model(BaseModel):
 class ServiceRef(_Model):
     """A Service, resolved to ``<scheme>://<name>.<namespace>.svc:<port><path>``."""
 
-    name: Annotated[str, Field(min_length=1, max_length=63)]
-    namespace: Annotated[str | None, Field(max_length=63)] = None
+    # DNS labels, as the CRD says: they become a host name, and nothing else.
+    name: Annotated[str, Field(pattern=r"^[a-z]([-a-z0-9]*[a-z0-9])?$", max_length=63)]
+    namespace: Annotated[
+        str | None, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)
+    ] = None
     port: Annotated[int, Field(ge=1, le=65535)]
     path: Annotated[str, Field(pattern=r"^/[^\s]*$", max_length=1024)] = "/"
     scheme: Literal["http", "https"] = "http"
@@ -259,6 +268,9 @@ class ReceiverConfig(_Model):
     max_body_size: ByteSize = 1024 * 1024
     max_in_flight_requests: Annotated[int, Field(ge=1)] = 1024
     logging: LoggingConfig = LoggingConfig()
+    # Written by the operator (OPERATOR_INJECTED_KEYS): addresses targets may not be
+    # at, checked after name resolution (see egress).
+    denied_target_ranges: Annotated[list[CIDR], Field(max_length=256)] = []
 
     @field_validator("targets")
     @classmethod

@@ -45,13 +45,14 @@ from typing import Final, cast
 import aiohttp
 import structlog
 
+from . import egress
 from .admin import Lifecycle
 from .config import ReceiverConfig, RetryPolicy
 from .deadletters import DeadLetter, DeadLetterStore, MemoryDeadLetterStore, log_dead_letter
 from .dedup import DedupCache
 from .events import Event, EventName
 from .metrics import Metrics
-from .retry import backoff, verdict
+from .retry import backoff
 from .sinks import (
     Attempt,
     ForwardingSink,
@@ -65,7 +66,7 @@ from .sinks import (
     new_session,
     post,
 )
-from .spool import Outcome, Spool, SpoolError, StoredEntry
+from .spool import DeadReason, Outcome, Spool, SpoolError, StoredEntry
 from .spoolfile import PendingRow, StoredDeadLetter
 
 # How often an idle worker looks at the spool for rows it does not hold.
@@ -282,11 +283,16 @@ class TargetWorker:
 
     def _judge(self, jobs: list[Job], attempt: Attempt) -> list[Outcome]:
         target = self.route.name
-        kind = verdict(attempt.status)
+        kind = attempt.verdict
         if kind == "delivered":
             return [Outcome("delivered", target, job.payload, job.attempts + 1) for job in jobs]
         answer = f"HTTP {attempt.status}" if attempt.status is not None else attempt.error
         if kind == "dead":
+            reason: DeadReason = "rejected"
+            detail = f"the target refused the event ({answer})"
+            if attempt.error == egress.DENIED:
+                reason = "egress_denied"
+                detail = "the target's address is one the operator denies (deniedTargetRanges)"
             return [
                 Outcome(
                     "dead",
@@ -294,9 +300,10 @@ class TargetWorker:
                     job.payload,
                     job.attempts + 1,
                     status=attempt.status,
+                    error=attempt.error,
                     response=attempt.response,
-                    reason="rejected",
-                    detail=f"the target refused the event ({answer})",
+                    reason=reason,
+                    detail=detail,
                 )
                 for job in jobs
             ]
@@ -437,7 +444,7 @@ class SpoolSink:
         await self.spool.open()
         for target, count in self.spool.removed.items():
             self._metrics.dead_letter(target, "target_removed", count)
-        self._session = new_session()
+        self._session = new_session(self._routes.denied)
         self._tasks = [
             asyncio.create_task(worker.run(), name=f"deliver-{name}")
             for name, worker in self.workers.items()

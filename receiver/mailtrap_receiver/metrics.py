@@ -119,7 +119,7 @@ class Metrics:
         self.dead_letters = Counter(
             PREFIX + "dead_letters_total",
             "Events given up on and kept in the dead-letter store, by target and reason "
-            "(attempts_exhausted, rejected, target_removed).",
+            "(attempts_exhausted, rejected, egress_denied, target_removed).",
             ["target", "reason"],
             registry=r,
         )

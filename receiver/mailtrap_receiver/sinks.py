@@ -29,8 +29,9 @@ parsing it again. `encode` builds what a target receives: for format ``mailtrap`
 the original event object (a batch as ``{"events": [...]}``), for ``cloudevents``
 CloudEvents 1.0 structured JSON (a batch as an array), with ``Idempotency-Key`` and
 ``X-Mailtrap-Event`` headers and, when the target has a signing secret,
-``X-Mailtrap-Receiver-Signature``. `post` sends one request and counts it;
-`log_delivery` writes its one log line; `retry.verdict` says what the answer means.
+``X-Mailtrap-Receiver-Signature``. `post` sends one request (through `new_session`,
+whose connections `egress` guards) and counts it; `log_delivery` writes its one log
+line; `Attempt.verdict` says what the answer means.
 """
 
 from __future__ import annotations
@@ -50,14 +51,14 @@ import aiohttp
 import orjson
 import structlog
 
-from . import __version__
+from . import __version__, egress
 from .auth import SecretFile, sign, watch_secret_files
-from .config import ReceiverConfig, TargetConfig
+from .config import IPNetwork, ReceiverConfig, TargetConfig
 from .dedup import DedupCache
 from .events import CANONICAL_EVENTS, Event, EventName
 from .logs import MAX_IDS_LOGGED
 from .metrics import Metrics
-from .retry import parse_retry_after, verdict
+from .retry import Verdict, parse_retry_after, verdict
 
 TARGET_SIGNATURE_HEADER: Final = "X-Mailtrap-Receiver-Signature"
 # CloudEvents ``source``: the operator sets this variable on the receiver's Pods to
@@ -213,6 +214,8 @@ class Routes:
             Route.from_config(target, index=index, namespace=namespace, source=source)
             for index, target in enumerate(config.targets)
         )
+        # Addresses no target may be at, whatever its name resolves to (see egress).
+        self.denied = tuple(config.denied_target_ranges)
         wanted = set(config.events or CANONICAL_EVENTS)
         self._by_event: dict[str, tuple[Route, ...]] = {
             name: tuple(
@@ -320,6 +323,12 @@ class Attempt:
         return verdict(self.status) == "delivered"
 
     @property
+    def verdict(self) -> Verdict:
+        """What the attempt means (`retry.verdict`); one the egress guard refused is
+        not worth retrying, as the address will stay denied."""
+        return "dead" if self.error == egress.DENIED else verdict(self.status)
+
+    @property
     def outcome(self) -> str:
         """The ``outcome`` label of ``deliveries_total``."""
         if self.status is None:
@@ -327,12 +336,12 @@ class Attempt:
         return "delivered" if self.delivered else "rejected"
 
 
-def new_session() -> aiohttp.ClientSession:
-    """The HTTP client both sinks send with."""
+def new_session(denied: Sequence[IPNetwork] = ()) -> aiohttp.ClientSession:
+    """The HTTP client both sinks send with; it never connects to a ``denied`` address."""
     return aiohttp.ClientSession(
         headers={"User-Agent": f"mailtrap-receiver/{__version__}"},
         # Per-target limits bound concurrency; the pool should not add one.
-        connector=aiohttp.TCPConnector(limit=0),
+        connector=egress.connector(denied, limit=0),
         trust_env=False,
     )
 
@@ -375,7 +384,7 @@ async def post(
                     response.headers.get("Retry-After"), now=time.time()
                 )
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        error = type(exc).__name__
+        error = egress.error_name(exc)
     seconds = time.perf_counter() - started
     attempt = Attempt(status, error, retry_after, excerpt, seconds)
     metrics.delivery(route.name, attempt.outcome, seconds)
@@ -439,7 +448,7 @@ class ForwardingSink:
             metrics.add_target(route.name)
 
     async def start(self) -> None:
-        self._session = new_session()
+        self._session = new_session(self._routes.denied)
         self._watcher = self._routes.watch_secrets(interval=self._secret_poll_interval)
 
     async def close(self) -> None:
@@ -527,7 +536,7 @@ class ForwardingSink:
             log_delivery(route, payloads, attempt, attempt=number)
             if attempt.delivered:
                 return True
-            if verdict(attempt.status) == "dead" or number == self._quick_attempts:
+            if attempt.verdict == "dead" or number == self._quick_attempts:
                 return False
             # Jittered so requests failing together do not retry together.
             wait = max(delay * random.uniform(0.5, 1.0), attempt.retry_after or 0.0)  # noqa: S311

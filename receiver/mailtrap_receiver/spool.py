@@ -53,7 +53,7 @@ MAX_WRITES_IN_FLIGHT: Final = 2
 # How long closing waits for the writer to commit, checkpoint and exit.
 CLOSE_TIMEOUT: Final = 30.0
 
-DeadReason = Literal["attempts_exhausted", "rejected"]
+DeadReason = Literal["attempts_exhausted", "rejected", "egress_denied"]
 
 log = structlog.get_logger("mailtrap_receiver.spool")
 

@@ -207,12 +207,39 @@ RELEASE = "mailtrap"
 FULLNAME = f"{RELEASE}-mailtrap-webhook-operator"
 
 
-def install(cluster: LocalCluster, *, namespace: str) -> subprocess.CompletedProcess[str]:
-    """`helm install` of the chart with its defaults, waiting for it to be ready."""
-    return helm(
-        "install", RELEASE, str(CHART), "--namespace", namespace, "--wait", "--timeout=120s",
-        kubeconfig=cluster.admin_kubeconfig,
-    )  # fmt: skip
+def account(namespace: str, name: str) -> str:
+    """The user name the API server knows a ServiceAccount by."""
+    return f"system:serviceaccount:{namespace}:{name}"
+
+
+def chart_env(deployment: Mapping[str, Any], pod_id: str) -> dict[str, str]:
+    """The operator container's environment as the chart sets it, for running the
+    operator as a local process with the chart's settings."""
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
+    env["POD_ID"] = pod_id  # the chart's fieldRef: the Pod's name
+    return env
+
+
+def fullname(release: str) -> str:
+    """The name the chart's templates give most objects of a release."""
+    return f"{release}-mailtrap-webhook-operator"
+
+
+def install(
+    cluster: LocalCluster,
+    *,
+    namespace: str,
+    release: str = RELEASE,
+    values: Mapping[str, Any] | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """`helm install` of the chart (its defaults, plus ``values``), waiting for it to be
+    ready."""
+    with values_files(values) as flags:
+        return helm(
+            "install", release, str(CHART), "--namespace", namespace, *flags,
+            "--wait", "--timeout=120s", kubeconfig=cluster.admin_kubeconfig,
+        )  # fmt: skip
 
 
 def upgrade(cluster: LocalCluster, *, namespace: str, values: str) -> None:
@@ -223,9 +250,9 @@ def upgrade(cluster: LocalCluster, *, namespace: str, values: str) -> None:
     )  # fmt: skip
 
 
-def uninstall(cluster: LocalCluster, *, namespace: str) -> None:
+def uninstall(cluster: LocalCluster, *, namespace: str, release: str = RELEASE) -> None:
     """Remove the release, if any, and its namespace (not waited for)."""
-    helm("uninstall", RELEASE, "--namespace", namespace,
+    helm("uninstall", release, "--namespace", namespace,
          kubeconfig=cluster.admin_kubeconfig, check=False)  # fmt: skip
     cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 

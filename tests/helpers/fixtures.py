@@ -1,4 +1,4 @@
-"""pytest fixtures shared by the unit and integration tests.
+"""pytest fixtures shared by the unit, integration and security tests.
 
 A conftest.py imports the ones it needs (``from tests.helpers.fixtures import
 secret_file, target``), so each test folder gets them without a root plugin.
@@ -6,14 +6,14 @@ secret_file, target``), so each test folder gets them without a root plugin.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.canary import canary
 from tests.helpers.fake_mailtrap import FakeMailtrap, SenderPolicy
-from tests.helpers.targets import RecordingTarget
+from tests.helpers.targets import LoopbackTarget, RecordingTarget
 from tests.helpers.webhooks import SECRET
 
 
@@ -54,3 +54,13 @@ async def _fake_mailtrap() -> AsyncIterator[FakeMailtrap]:
 
 
 fake_mailtrap = pytest.fixture(_fake_mailtrap, name="fake_mailtrap")
+
+
+@pytest.fixture
+def loopback_target() -> Iterator[LoopbackTarget]:
+    """A threaded HTTP target on loopback, for tests that block while it receives."""
+    server = LoopbackTarget()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -68,11 +68,17 @@ def condition(obj: Any, kind: str) -> dict[str, Any]:
     return {}
 
 
-def secret_manifest(name: str, data: dict[str, str]) -> str:
+SECRET_OPT_IN = {"mailtrap.io/webhook-secret": "true"}
+
+
+def secret_manifest(name: str, data: dict[str, str], *, opted_in: bool = True) -> str:
+    """A Secret; labelled so that MailtrapWebhooks may use it, unless ``opted_in`` is
+    False (the operator then refuses it)."""
     encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
-    return json.dumps(
-        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "data": encoded}
-    )
+    metadata: dict[str, Any] = {"name": name}
+    if opted_in:
+        metadata["labels"] = dict(SECRET_OPT_IN)
+    return json.dumps({"apiVersion": "v1", "kind": "Secret", "metadata": metadata, "data": encoded})
 
 
 def example(name: str) -> str:

@@ -8,11 +8,15 @@ it down (`stop`: connections are refused) and bring it back on the same port
 (`start` again). `event_ids` reads the event ids out of every body, whatever the
 format and batching. It runs in the test's event loop, so tests that start processes
 must not block that loop while the receiver forwards (use asyncio subprocesses).
+`LoopbackTarget` is the same idea for synchronous tests: a threaded server that
+answers 200 and records (path, headers, body).
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.server
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -103,3 +107,32 @@ class RecordingTarget:
     def event_ids(self) -> list[str]:
         """Every event id received, in arrival order, repeats included."""
         return [event_id for item in self.received for event_id in item.event_ids()]
+
+
+class LoopbackTarget:
+    """An HTTP server on 127.0.0.1 that records what is POSTed to it."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[str, dict[str, str], bytes]] = []
+        target = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length)
+                target.received.append((self.path, dict(self.headers), body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *_: Any) -> None:
+                return
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

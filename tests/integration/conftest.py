@@ -1,10 +1,10 @@
 """Fixtures for the operator's integration tests on the real local control plane.
 
-- ``crd``: the MailtrapWebhook CRD from crds/, applied once per session.
 - ``operator``: the real operator, a local process, one per test module (a
   module may set ``OPERATOR_ARGS`` to pass it flags). It must still be running
   when the module ends: a crash fails the module with the operator's log.
 - ``namespace``: a fresh namespace per test, deleted (without waiting) after it.
+- ``loopback_target``: a threaded HTTP target on loopback (tests/helpers/fixtures.py).
 """
 
 from __future__ import annotations
@@ -15,13 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers.cluster import LocalCluster
-from tests.helpers.kube import install_crd
+from tests.helpers.fixtures import loopback_target  # noqa: F401 - a fixture
 from tests.helpers.operator import OperatorProcess, start_operator
-
-
-@pytest.fixture(scope="session")
-def crd(cluster: LocalCluster) -> None:
-    install_crd(cluster)
 
 
 @pytest.fixture(scope="module")

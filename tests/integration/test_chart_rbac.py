@@ -6,7 +6,7 @@ direction:
 
 - Enough, and every verb used: with the chart installed (every namespace, then
   with kopf peering), `exercise` reconciles an example to Ready and walks every
-  path that needs a permission (drift repair, a rotated Secret, optional
+  path that needs a permission (Secrets read, drift repair, optional
   children switched on and off, Events, peering). The API server's audit log
   then shows no request refused, and a use of every (group, resource, verb) the
   chart grants. The log does not see two checks the API server makes inside
@@ -40,7 +40,9 @@ from tests.helpers.chart import (
     FULLNAME,
     RELEASE,
     Permission,
+    account,
     adopt_crd,
+    chart_env,
     denials,
     dump,
     find,
@@ -55,8 +57,8 @@ from tests.helpers.chart import (
     used_permissions,
 )
 from tests.helpers.cluster import LocalCluster
-from tests.helpers.kube import apply, condition, example, get, secret_manifest, wait_until
-from tests.helpers.operator import HASH_ANNOTATION, events, start_operator
+from tests.helpers.kube import apply, condition, example, get, wait_until
+from tests.helpers.operator import events, start_operator
 
 pytestmark = pytest.mark.integration
 
@@ -79,10 +81,6 @@ class Peering:
     identity: str  # what the operator calls itself there: its POD_ID
 
 
-def account(namespace: str, name: str) -> str:
-    return f"system:serviceaccount:{namespace}:{name}"
-
-
 # --- what the operator is made to do ------------------------------------------------
 
 
@@ -101,10 +99,6 @@ def exercise(
 
     def child(kind: str) -> Any:
         return get(cluster, kind, CHILD, namespace=namespace)
-
-    def pod_hash() -> str | None:
-        deployment = child("deployment")
-        return deployment["spec"]["template"]["metadata"]["annotations"][HASH_ANNOTATION]
 
     def ready() -> Any:
         obj = get(cluster, "mtwh", NAME, namespace=namespace)
@@ -132,12 +126,6 @@ def exercise(
     until(lambda: child("deployment"), "the deleted Deployment to come back")
     until(lambda: reason_seen("Restored"), "a Restored Event")
 
-    # A rotated Secret (Secrets watched) rolls the Pods: every child is applied again.
-    before = pod_hash()
-    rotated = secret_manifest("hooks-signing", {"signing-secret": "fake-rotated\nfake-old"})
-    apply(cluster, rotated, namespace=namespace)
-    until(lambda: pod_hash() != before, "the pod-template hash to follow the rotated Secret")
-
     # Optional children switched off are deleted.
     patch(
         {
@@ -158,14 +146,6 @@ def exercise(
             return dict(found.get("status") or {})
 
         until(lambda: peering.identity in peers(), f"{peering.identity} in {peering.name}")
-
-
-def chart_env(deployment: Mapping[str, Any], pod_id: str) -> dict[str, str]:
-    """The operator container's environment as the chart sets it (for a local process)."""
-    (container,) = deployment["spec"]["template"]["spec"]["containers"]
-    env = {item["name"]: item["value"] for item in container["env"] if "value" in item}
-    env["POD_ID"] = pod_id  # the chart's fieldRef: the Pod's name
-    return env
 
 
 def assert_used_every_grant(granted: set[Permission], used: set[Permission]) -> None:

@@ -131,6 +131,31 @@ def test_a_valid_resource_is_accepted(
             "spec.ingress.host must be a lower-case DNS name",
             id="host-an-ip-address",
         ),
+        pytest.param(
+            "  basicAuthSecretRef: {name: ../../team-b/secrets/db-creds}\n" + ONE_TARGET,
+            "spec.basicAuthSecretRef.name: Invalid value",
+            id="secret-name-a-path",
+        ),
+        pytest.param(
+            "  targets: [{name: a, url: 'http://a/', signingSecretRef: {name: s, key: ..}}]\n",
+            "spec.targets[0].signingSecretRef.key: Invalid value",
+            id="secret-key-dot-dot",
+        ),
+        pytest.param(
+            "  targets: [{name: a, service: {name: kubernetes.default, port: 443}}]\n",
+            "spec.targets[0].service.name: Invalid value",
+            id="service-name-with-a-dot",
+        ),
+        pytest.param(
+            "  targets: [{name: a, service: {name: s, namespace: a/b, port: 80}}]\n",
+            "spec.targets[0].service.namespace: Invalid value",
+            id="service-namespace-a-path",
+        ),
+        pytest.param(
+            "  ingress: {enabled: true, host: h.example.com, tlsSecretName: ../x}\n" + ONE_TARGET,
+            "spec.ingress.tlsSecretName: Invalid value",
+            id="tls-secret-name-a-path",
+        ),
     ],
 )
 def test_invalid_resources_are_rejected_with_a_clear_message(

@@ -12,64 +12,28 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import http.server
 import json
-import threading
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+import yaml
 
 from tests.helpers.cluster import LocalCluster
 from tests.helpers.kube import apply, get, secret_manifest, wait_until
 from tests.helpers.operator import HASH_ANNOTATION, OperatorProcess, wait_ready
 from tests.helpers.podrunner import running_pod_template
+from tests.helpers.targets import LoopbackTarget
 
 pytestmark = pytest.mark.integration
 
+# The targets are on loopback, which the operator denies by default (a receiver's
+# loopback is its own Pod): this platform allows it, and nothing else changes.
+OPERATOR_ARGS = ["--denied-target-cidrs=169.254.0.0/16,fe80::/10"]
+
 SIGNING_SECRET = "fake-receiver-test-secret"
-
-
-class LoopbackTarget:
-    """An HTTP server on 127.0.0.1 that records what is POSTed to it."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, str], bytes]] = []
-        target = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length)
-                target.received.append((self.path, dict(self.headers), body))
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *_: Any) -> None:
-                return
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def target() -> Iterator[LoopbackTarget]:
-    server = LoopbackTarget()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -85,9 +49,10 @@ def test_a_signed_event_reaches_a_loopback_target_through_the_operators_pod_temp
     cluster: LocalCluster,
     operator: OperatorProcess,
     namespace: str,
-    target: LoopbackTarget,
+    loopback_target: LoopbackTarget,
     tmp_path: Path,
 ) -> None:
+    target = loopback_target
     apply(
         cluster, secret_manifest("signing", {"signing-secret": SIGNING_SECRET}), namespace=namespace
     )
@@ -171,6 +136,10 @@ def test_a_signed_event_reaches_a_loopback_target_through_the_operators_pod_temp
             f"/apis/mailtrap.io/v1alpha1/namespaces/{namespace}/mailtrapwebhooks/local"
         )
         assert envelope["data"] == event
+
+        # The operator's deny list reached the receiver: its one key no spec can set.
+        config = yaml.safe_load((pod.mounts["/etc/mailtrap-receiver"] / "config.yaml").read_text())
+        assert config["deniedTargetRanges"] == ["169.254.0.0/16", "fe80::/10"]
 
         metrics = urllib.request.urlopen(pod.url("metrics", "/metrics"), timeout=5).read()  # noqa: S310
         assert b"mailtrap_webhook_" in metrics

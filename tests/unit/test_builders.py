@@ -7,8 +7,11 @@ on a key without a test failing here.
 
 from __future__ import annotations
 
+import base64
 import copy
 import inspect
+import ipaddress
+import json
 import posixpath
 from pathlib import Path
 from typing import Any
@@ -17,15 +20,24 @@ import pytest
 import yaml
 
 from mailtrap_operator import builders
+from mailtrap_operator.metrics import OperatorMetrics
+from mailtrap_operator.policy import Policy
+from mailtrap_operator.reconciler import Reconciler
 from mailtrap_operator.resources import (
     INGRESS,
     NETWORK_POLICY,
     POD_DISRUPTION_BUDGET,
+    SECRET_OPT_IN_LABEL,
+    SECRET_OPT_IN_VALUE,
     SERVICE_MONITOR,
     Owner,
-    SecretVersion,
 )
+from mailtrap_operator.settings import Settings
 from mailtrap_receiver.config import OPERATOR_ONLY_KEYS, load_config
+from tests.helpers.canary import canary
+from tests.helpers.canary import leaks as canary_leaks
+from tests.helpers.fakeapi import FakeApi, secret_body
+from tests.helpers.waiting import eventually
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((REPO / "crds/mailtrapwebhooks.mailtrap.io.yaml").read_text())
@@ -111,16 +123,11 @@ FULL: dict[str, Any] = {
 }
 del FULL["targets"][1]["service"]  # listed above only to show the url target has none
 
+# Every key FULL references; test_config_text_never_holds_secret_values fills them.
 SECRETS = {
-    ("mailtrap-signing", "current"): b"whsec-fake-1",
-    ("target-signing", "hmac"): b"target-fake",
-    ("mailtrap-basic", "credentials"): b"user:fake",
-}
-# What the hash covers instead of those values: the version of each Secret read.
-VERSIONS = {
-    "mailtrap-signing": SecretVersion(uid="uid-signing", resource_version="100"),
-    "target-signing": SecretVersion(uid="uid-target", resource_version="101"),
-    "mailtrap-basic": SecretVersion(uid="uid-basic", resource_version="102"),
+    ("mailtrap-signing", "current"): "signing",
+    ("target-signing", "hmac"): "target",
+    ("mailtrap-basic", "credentials"): "basic",
 }
 
 
@@ -128,12 +135,7 @@ def owner_of(spec: dict[str, Any], *, name: str = "transactional") -> Owner:
     return Owner(namespace="mail", name=name, uid="uid-1234", generation=3, spec=spec)
 
 
-def children_of(
-    spec: dict[str, Any],
-    *,
-    monitors: bool = True,
-    versions: dict[str, SecretVersion] | None = None,
-) -> builders.Children:
+def children_of(spec: dict[str, Any], *, monitors: bool = True) -> builders.Children:
     owner = owner_of(spec)
     text = builders.render_config(
         config=builders.build_config(spec=spec, namespace=owner.namespace), owner=owner
@@ -142,7 +144,7 @@ def children_of(
         owner=owner,
         default_image="operator-image:1",
         config_text=text,
-        config_hash=builders.config_hash(config_text=text, secret_versions=versions or VERSIONS),
+        config_hash=builders.config_hash(config_text=text),
         service_monitors_available=monitors,
     )
 
@@ -151,8 +153,8 @@ def by_kind(children: builders.Children) -> dict[str, dict[str, Any]]:
     return {manifest["kind"]: manifest for manifest in children.manifests}
 
 
-def pod_template_hash(spec: dict[str, Any], versions: dict[str, SecretVersion]) -> str:
-    deployment = by_kind(children_of(spec, versions=versions))["Deployment"]
+def pod_template_hash(spec: dict[str, Any]) -> str:
+    deployment = by_kind(children_of(spec))["Deployment"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     return str(annotations[builders.CONFIG_HASH_ANNOTATION])
 
@@ -208,6 +210,14 @@ def test_config_is_the_spec_without_operator_keys_and_with_secret_files() -> Non
     assert FULL["targets"][0]["service"].get("namespace") is None  # the spec is not mutated
 
 
+def test_the_operators_denied_ranges_go_into_the_config_and_never_the_specs() -> None:
+    denied = [ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("::1/128")]
+    spec = {**MINIMAL, "deniedTargetRanges": ["0.0.0.0/32"]}  # the CRD would prune it
+    config = builders.build_config(spec=spec, namespace="mail", denied_target_ranges=denied)
+    assert config["deniedTargetRanges"] == ["169.254.0.0/16", "::1/128"]
+    assert "deniedTargetRanges" not in builders.build_config(spec=spec, namespace="mail")
+
+
 @pytest.mark.parametrize("spec", [MINIMAL, FULL], ids=["minimal", "full"])
 def test_config_file_loads_with_the_receivers_own_loader(
     spec: dict[str, Any], tmp_path: Path
@@ -225,16 +235,47 @@ def test_config_file_loads_with_the_receivers_own_loader(
     assert config.path == spec.get("path", builders.DEFAULT_PATH)
 
 
-def test_config_text_never_holds_secret_values() -> None:
-    owner = owner_of(FULL)
-    text = builders.render_config(
-        config=builders.build_config(spec=FULL, namespace="mail"), owner=owner
+async def test_config_text_never_holds_secret_values(capsys: pytest.CaptureFixture[str]) -> None:
+    # Through the whole reconcile, from Secrets as the API server returns them (values
+    # in base64), with the operator's own parsing of them: nothing the operator
+    # writes or logs may hold a value, in any encoding.
+    api = FakeApi("mail")
+    for (name, key), _ in SECRETS.items():
+        body = api.secrets.setdefault(name, secret_body(name, {}))
+        body["data"][key] = base64.b64encode(canary(f"{name}-{key}").encode()).decode()
+    values = [
+        base64.b64decode(v).decode() for s in api.secrets.values() for v in s["data"].values()
+    ]
+    assert len(values) == len(SECRETS)
+    assert sorted(canary_leaks(json.dumps(api.secrets), among=values)) == sorted(values)
+    api.monitors_served = True
+    # FULL uses every key: a platform that allows them all.
+    generous = Policy(
+        allow_image_override=True,
+        allowed_priority_classes=("*",),
+        allow_tolerations=True,
+        allowed_pod_labels=("*",),
+        allowed_pod_annotations=("*",),
     )
-    for value in SECRETS.values():
-        assert value.decode() not in text
-    manifests = repr(children_of(FULL).manifests)
-    for value in SECRETS.values():
-        assert value.decode() not in manifests
+    reconciler = Reconciler(
+        settings=Settings(policy=generous),
+        api=api,  # type: ignore[arg-type]
+        metrics=OperatorMetrics(),
+    )
+    try:
+        owner = Owner(namespace="mail", name="transactional", uid="u", generation=1, spec=FULL)
+        assert await reconciler.reconcile(owner=owner, known_children=(), trigger="create") is None
+        await eventually(lambda: bool(api.events))
+    finally:
+        await reconciler.close()
+    manifests = list(api.objects.values())
+    assert {manifest["kind"] for manifest in manifests} >= {"ConfigMap", "Deployment"}
+    config_text = next(m for m in manifests if m["kind"] == "ConfigMap")["data"][
+        builders.CONFIG_FILE
+    ]
+    assert "/var/run/secrets/mailtrap-receiver/mailtrap-signing/current" in config_text
+    written = json.dumps([manifests, api.status, api.events]) + capsys.readouterr().out
+    assert canary_leaks(written, among=values) == []
 
 
 def test_secret_refs_are_listed_once_with_where_they_come_from() -> None:
@@ -263,37 +304,23 @@ def test_secret_refs_default_their_keys_like_the_crd() -> None:
 def test_hash_changes_with_the_config() -> None:
     changed = copy.deepcopy(FULL)
     changed["targets"][1]["url"] = "http://elsewhere.data.svc/ingest"
-    assert pod_template_hash(FULL, VERSIONS) != pod_template_hash(changed, VERSIONS)
+    assert pod_template_hash(FULL) != pod_template_hash(changed)
 
 
-def test_hash_changes_when_a_secret_is_rotated_or_replaced() -> None:
-    rotated = {**VERSIONS, "mailtrap-signing": SecretVersion("uid-signing", "200")}
-    assert pod_template_hash(FULL, VERSIONS) != pod_template_hash(FULL, rotated)
-    # Deleted and created again: a new object, even if etcd reused the number.
-    replaced = {**VERSIONS, "mailtrap-signing": SecretVersion("uid-other", "100")}
-    assert pod_template_hash(FULL, VERSIONS) != pod_template_hash(FULL, replaced)
-
-
-def test_hash_follows_only_the_secrets_that_were_read() -> None:
-    # The reconciler reads only the referenced Secrets; another one changes nothing.
-    unrelated = {**VERSIONS, "someone-elses": SecretVersion("uid-x", "1")}
-    assert builders.config_hash(config_text="x", secret_versions=VERSIONS) != (
-        builders.config_hash(config_text="x", secret_versions=unrelated)
-    )
-
-
-def test_the_hash_is_computed_from_public_inputs_only() -> None:
-    # No secret value goes in: the hash is in status and on the pod template, and
-    # an unsalted digest of a weak basic-auth password could be brute-forced.
-    assert set(inspect.signature(builders.config_hash).parameters) == {
-        "config_text",
-        "secret_versions",
-    }
+def test_the_hash_is_the_config_texts_alone() -> None:
+    # No Secret value nor version goes in: the receivers re-read rotated secret files
+    # themselves, and the hash is in status and on the pod template for anyone to read.
+    assert set(inspect.signature(builders.config_hash).parameters) == {"config_text"}
     children = by_kind(children_of(FULL))
     text = children["ConfigMap"]["data"][builders.CONFIG_FILE]
-    assert pod_template_hash(FULL, VERSIONS) == builders.config_hash(
-        config_text=text, secret_versions=VERSIONS
-    )
+    assert pod_template_hash(FULL) == builders.config_hash(config_text=text)
+
+
+def test_moving_a_secret_reference_changes_the_hash() -> None:
+    # What the receiver reads from where is config; what the files hold is not.
+    changed = copy.deepcopy(FULL)
+    changed["signingSecretRef"] = {"name": "mailtrap-signing", "key": "next"}
+    assert pod_template_hash(FULL) != pod_template_hash(changed)
 
 
 @pytest.mark.parametrize(
@@ -310,13 +337,7 @@ def test_the_hash_is_computed_from_public_inputs_only() -> None:
 )
 def test_hash_ignores_what_the_receiver_does_not_read(key: str, value: Any) -> None:
     changed = {**FULL, key: value}
-    assert pod_template_hash(FULL, VERSIONS) == pod_template_hash(changed, VERSIONS)
-
-
-def test_hash_input_boundaries_do_not_run_together() -> None:
-    a = builders.config_hash(config_text="x", secret_versions={"ab": SecretVersion("c", "1")})
-    b = builders.config_hash(config_text="x", secret_versions={"a": SecretVersion("bc", "1")})
-    assert a != b
+    assert pod_template_hash(FULL) == pod_template_hash(changed)
 
 
 # --- children: common metadata ---------------------------------------------------------
@@ -620,6 +641,9 @@ def test_examples_make_configs_the_receiver_loads(path: Path, tmp_path: Path) ->
     secrets = {doc["metadata"]["name"]: doc for doc in documents if doc["kind"] == "Secret"}
     for ref in builders.secret_refs(resource["spec"]):
         assert ref.key in secrets[ref.name]["stringData"], f"{path.name}: {ref}"
+        # The opt-in without which the operator would refuse the Secret.
+        labels = secrets[ref.name]["metadata"]["labels"]
+        assert labels == {SECRET_OPT_IN_LABEL: SECRET_OPT_IN_VALUE}, f"{path.name}: {ref}"
     owner = owner_of(resource["spec"], name=resource["metadata"]["name"])
     text = builders.render_config(
         config=builders.build_config(spec=resource["spec"], namespace="mail"), owner=owner

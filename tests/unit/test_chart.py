@@ -21,6 +21,7 @@ import yaml
 from mailtrap_operator import __version__
 from mailtrap_operator import settings as operator_settings
 from mailtrap_operator.metrics import OperatorMetrics
+from mailtrap_operator.policy import Policy
 from mailtrap_receiver.metrics import Metrics as ReceiverMetrics
 from tests.helpers.chart import CHART, CI_VALUES, find, helm, permissions, render, rules_of
 from tests.helpers.cluster import REPO
@@ -133,6 +134,18 @@ def test_a_service_monitor_without_its_service_is_refused() -> None:
         ({"metrics": {"port": 70000}}, "/metrics/port"),
         ({"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor"),
         ({"crds": {"keep": "yes"}}, "/crds/keep"),
+        ({"policy": {"requireSecretLabel": "yes"}}, "/policy/requireSecretLabel"),
+        ({"policy": {"allowEverything": True}}, "'allowEverything' not allowed"),
+        (
+            {
+                "policy": {
+                    "allowedIngressAnnotations": ["nginx.ingress.kubernetes.io/server-snippet"]
+                }
+            },
+            "/policy/allowedIngressAnnotations/0",
+        ),
+        ({"policy": {"deniedTargetCidrs": ["10.0.0.0"]}}, "/policy/deniedTargetCidrs/0"),
+        ({"policy": {"allowedPodLabels": "team"}}, "/policy/allowedPodLabels"),
     ],
 )
 def test_the_schema_refuses_wrong_values(values: dict[str, Any], complaint: str) -> None:
@@ -322,6 +335,18 @@ def test_the_operator_reads_every_variable_the_chart_sets(scenario: Path | None)
     assert parsed.receiver_image_pull_policy == receiver.get("imagePullPolicy", own_policy)
     port = container["ports"][0]["containerPort"]
     assert parsed.metrics_port == port
+    # The chart's policy is the operator's: by default, the same secure defaults.
+    chart_defaults = yaml.safe_load((CHART / "values.yaml").read_text())["policy"]
+    policy = {**chart_defaults, **values.get("policy", {})}
+    for name in Policy.__dataclass_fields__:
+        first, *rest = name.split("_")
+        value = policy[first + "".join(word.title() for word in rest)]
+        parsed_value = getattr(parsed.policy, name)
+        if isinstance(parsed_value, tuple):
+            parsed_value = [str(item) for item in parsed_value]
+        assert parsed_value == value, name
+    if not values.get("policy"):
+        assert parsed.policy == Policy()
 
 
 def test_the_chart_and_the_operator_default_to_the_same_receiver_image() -> None:

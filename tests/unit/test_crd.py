@@ -3,7 +3,9 @@
 Defaults the builders fall back to when a field is unset (an object created
 before a default existed, or a unit test's bare spec), the name length and
 pattern the CRD's CEL rule enforces for the children's names, the directories
-the spool must keep away from, and when a PodDisruptionBudget exists. The CRD
+the spool must keep away from, and when a PodDisruptionBudget exists. Names that
+end up in API paths (Secret references) are refused by the CRD's patterns and, if
+one got through, escaped by `Kind.path`. The CRD
 cannot be evaluated here (no CEL interpreter), so the rules are read as text;
 tests/integration/test_operator_crd.py checks that the API server applies them.
 """
@@ -18,7 +20,7 @@ import pytest
 import yaml
 
 from mailtrap_operator import builders
-from mailtrap_operator.resources import Owner
+from mailtrap_operator.resources import SECRET, SERVICE, Owner
 
 REPO = Path(__file__).resolve().parents[2]
 CRD = yaml.safe_load((REPO / "crds/mailtrapwebhooks.mailtrap.io.yaml").read_text())
@@ -149,3 +151,90 @@ def test_every_field_and_list_item_has_a_description_for_kubectl_explain() -> No
         if not schema.get("description") and path != ".metadata"  # metadata: the API's own
     ]
     assert missing == []
+
+
+# --- names that end up in API paths and host names -------------------------------------
+
+SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+SECRET_KEY = r"^\.?[-_a-zA-Z0-9][-._a-zA-Z0-9]*$"
+SECRET_REFS = ["signingSecretRef", "basicAuthSecretRef", "targets.[].signingSecretRef"]
+
+
+@pytest.mark.parametrize("ref", SECRET_REFS)
+def test_secret_refs_take_only_secret_names_and_keys(ref: str) -> None:
+    # The operator reads these Secrets by name: a name is one path segment.
+    assert field(f"{ref}.name")["pattern"] == SUBDOMAIN
+    assert field(f"{ref}.key")["pattern"] == SECRET_KEY
+    assert field(f"{ref}.name")["maxLength"] == field(f"{ref}.key")["maxLength"] == 253
+
+
+def test_every_secret_ref_of_the_spec_is_checked() -> None:
+    refs = [path for path, _ in _nodes(SPEC, "") if path.endswith("SecretRef")]
+    assert sorted(path.lstrip(".").replace("[]", ".[]") for path in refs) == sorted(SECRET_REFS)
+    assert field("ingress.tlsSecretName")["pattern"] == SUBDOMAIN
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("mailtrap-signing", True),
+        ("hooks.example.tls", True),
+        ("a", True),
+        ("../../team-b/secrets/db-creds", False),
+        ("..", False),
+        ("a/b", False),
+        ("Signing", False),
+        ("-signing", False),
+        ("signing.", False),
+        ("a..b", False),
+        ("", False),
+    ],
+)
+def test_the_secret_name_pattern(name: str, valid: bool) -> None:
+    assert bool(re.fullmatch(SUBDOMAIN, name)) is valid
+
+
+@pytest.mark.parametrize(
+    ("key", "valid"),
+    [
+        ("signing-secret", True),
+        ("tls.crt", True),
+        (".dockerconfigjson", True),
+        ("a..b", True),
+        ("A_B", True),
+        (".", False),
+        ("..", False),
+        ("..data", False),
+        ("a/b", False),
+        ("", False),
+    ],
+)
+def test_the_secret_key_pattern_is_kubernetes_own(key: str, valid: bool) -> None:
+    # Kubernetes' IsConfigMapKey: [-._a-zA-Z0-9]+, but not ".", ".." nor "..anything".
+    assert bool(re.fullmatch(SECRET_KEY, key)) is valid
+
+
+def test_service_targets_are_dns_labels() -> None:
+    service = field("targets.[].service")["properties"]
+    assert service["name"]["pattern"] == r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+    assert service["namespace"]["pattern"] == r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+@pytest.mark.parametrize(
+    "name", ["../../team-b/secrets/db-creds", "a/b", "a?watch=1", "a#b", "%2e%2e"]
+)
+def test_api_paths_keep_any_name_inside_its_namespace(name: str) -> None:
+    path = SECRET.path(namespace="team-a", name=name)
+    prefix = "/api/v1/namespaces/team-a/secrets/"
+    assert path.startswith(prefix)
+    assert "/" not in path[len(prefix) :]
+    assert "?" not in path
+    assert "#" not in path
+
+
+@pytest.mark.parametrize("name", ["..", ".", ""])
+def test_api_paths_refuse_dot_segments(name: str) -> None:
+    with pytest.raises(ValueError, match="not an object or namespace name"):
+        SERVICE.path(namespace="team-a", name=name)
+    with pytest.raises(ValueError, match="not an object or namespace name"):
+        SERVICE.path(namespace=name)

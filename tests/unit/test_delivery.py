@@ -155,6 +155,37 @@ async def test_a_refusal_is_dead_lettered_at_once_with_the_answer(
     assert sample == 1
 
 
+async def test_a_denied_target_is_dead_lettered_at_once_and_never_reached(
+    target: RecordingTarget, spool_path: Path
+) -> None:
+    # The operator writes deniedTargetRanges; localhost resolves into it.
+    config = parse_config(
+        {
+            "signingSecretFile": "/unused",
+            "targets": [{"name": "app", "url": f"http://localhost:{target.port}/events"}],
+            "delivery": {"spoolPath": str(spool_path), "retry": FAST_RETRY},
+            "deniedTargetRanges": ["127.0.0.0/8", "::1/128"],
+        }
+    )
+    metrics = Metrics()
+    sink = SpoolSink(config=config, metrics=metrics, namespace="ns", poll_interval=0.1)
+    await sink.start()
+    try:
+        item = event()
+        await sink.submit([item])
+        await eventually(lambda: sink.spool.pending_events == 0)
+    finally:
+        await sink.close()
+    assert target.received == []
+    [letter] = letters(spool_path)
+    assert (letter.reason, letter.attempts, letter.status) == ("egress_denied", 1, None)
+    assert "deniedTargetRanges" in letter.detail
+    sample = metrics.registry.get_sample_value(
+        "mailtrap_webhook_dead_letters_total", {"target": "app", "reason": "egress_denied"}
+    )
+    assert sample == 1
+
+
 async def test_retry_after_is_honoured(make_sink: SinkFactory, target: RecordingTarget) -> None:
     sink = await make_sink(
         {"name": "app", "url": target.url},

@@ -16,6 +16,7 @@ def child(
     meta: dict[str, Any] = {
         "name": "hooks-receiver",
         "namespace": "mail",
+        "uid": "child-uid",
         "resourceVersion": version,
         "labels": labels
         if labels is not None
@@ -103,10 +104,12 @@ def test_unknown_children_are_left_alone() -> None:
 def test_records_follow_what_was_applied_and_are_forgotten_with_the_owner() -> None:
     ledger = Ledger()
     record = ledger.owner(OWNER, uid="u1")
-    record.secret_digests[("s", "k")] = "d"
+    record.status = {"observedGeneration": 1}
     ledger.record_applied(kind="Deployment", owner=OWNER, body=child(generation=5, version="7"))
     key = ("Deployment", "mail", "hooks-receiver")
-    assert ledger.applied(key) == AppliedChild(owner=OWNER, resource_version="7", generation=5)
+    assert ledger.applied(key) == AppliedChild(
+        owner=OWNER, resource_version="7", generation=5, uid="child-uid"
+    )
     assert ledger.children_of(OWNER) == (key,)
     assert ledger.owner(OWNER, uid="u1") is record
     ledger.forget_owner(OWNER)
@@ -116,10 +119,10 @@ def test_records_follow_what_was_applied_and_are_forgotten_with_the_owner() -> N
 
 def test_a_new_object_with_the_same_name_starts_afresh() -> None:
     ledger = Ledger()
-    ledger.owner(OWNER, uid="u1").secret_digests[("s", "k")] = "d"
+    ledger.owner(OWNER, uid="u1").status = {"observedGeneration": 1}
     ledger.record_applied(kind="ConfigMap", owner=OWNER, body=child(generation=None))
     fresh = ledger.owner(OWNER, uid="u2")
-    assert fresh.secret_digests == {}
+    assert fresh.status is None
     assert ledger.children_of(OWNER) == ()
     assert ledger.known_owner(OWNER, uid="u1") is None
 

@@ -1,36 +1,46 @@
-"""The reconciler's reactions when the API fails, against an in-memory stand-in.
+"""The reconciler against an in-memory API: failures, races, and who owns what.
 
-The integration tests run the operator against a real API server, which cannot
-be made to fail on cue; here `FakeApi` answers the few calls the reconciler
-makes and fails them while ``down`` is set. What is checked: a child deleted
-(or a Secret rotated) while the API is down is put back once it answers again,
-without any new event; and which reason a failed request is reported with.
+The integration and security tests run the operator against a real API server,
+which cannot be made to fail on cue nor to lose a race at a chosen moment; here
+`tests.helpers.fakeapi.FakeApi` answers the calls the reconciler makes. What is
+checked: a child deleted while the API is down is put back once it answers again;
+a spec error is never retried; which reason a failed request is reported with; a
+child name held by an object this resource does not control stops every write and
+is reported (also when the object appears, or is replaced, between the check and
+the write); created children end up owned by server-side apply; only our own
+unwanted children are deleted; what a referenced Secret must be (present, opted
+in, holding the key) and how soon a Secret problem is retried.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import datetime
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
+from mailtrap_operator.builders import secret_refs
 from mailtrap_operator.kubeapi import ApiError
 from mailtrap_operator.metrics import OperatorMetrics
-from mailtrap_operator.reconciler import Reconciler, api_problem
-from mailtrap_operator.resources import (
-    Kind,
-    Owner,
-    OwnerKey,
-    SecretData,
-    SecretVersion,
+from mailtrap_operator.reconciler import (
+    MAX_RETRY_DELAY,
+    SECRET_RETRY_DELAY,
+    ChildRef,
+    Reconciler,
+    api_problem,
+    retry_delay,
+    secret_problem,
 )
+from mailtrap_operator.resources import FIELD_MANAGER, Owner, OwnerKey, SecretInfo
 from mailtrap_operator.settings import Settings
+from mailtrap_operator.status import Problem
+from tests.helpers.fakeapi import FakeApi, secret_body
 from tests.helpers.waiting import eventually
 
 NAMESPACE, NAME = "mail", "hooks"
+CHILD = f"{NAME}-receiver"
 KEY: OwnerKey = (NAMESPACE, NAME)
 OWNER = Owner(
     namespace=NAMESPACE,
@@ -43,100 +53,77 @@ OWNER = Owner(
         "targets": [{"name": "a", "url": "http://a.example/"}],
     },
 )
-
-
-class FakeApi:
-    """The calls `Reconciler` makes, on dicts; every call fails while ``down``."""
-
-    def __init__(self) -> None:
-        self.down = False
-        self.objects: dict[tuple[str, str], dict[str, Any]] = {}
-        self.secrets = {"signing": {"signing-secret": b"fake-1"}}
-        self.secret_versions = {"signing": 1}
-        self.status: dict[str, Any] = {}
-        self.events: list[str] = []
-        self.applies = 0
-        self._version = 100
-
-    def _check(self) -> None:
-        if self.down:
-            raise ApiError(0, "Unreachable", "ConnectionRefusedError")
-
-    async def apply(self, *, manifest: Mapping[str, Any], kind: Kind) -> dict[str, Any]:
-        self._check()
-        self.applies += 1
-        self._version += 1
-        body = copy.deepcopy(dict(manifest))
-        body["metadata"]["resourceVersion"] = str(self._version)
-        if kind.kind == "Deployment":
-            body["metadata"]["generation"] = 1
-        self.objects[(kind.kind, manifest["metadata"]["name"])] = body
-        return body
-
-    async def delete(self, *, kind: Kind, namespace: str, name: str) -> bool:
-        self._check()
-        return self.objects.pop((kind.kind, name), None) is not None
-
-    async def read_secret(self, *, namespace: str, name: str) -> SecretData | None:
-        self._check()
-        if name not in self.secrets:
-            return None
-        version = SecretVersion(uid=f"uid-{name}", resource_version=str(self.secret_versions[name]))
-        return SecretData(data=dict(self.secrets[name]), version=version)
-
-    async def read_owner(self, *, namespace: str, name: str) -> dict[str, Any] | None:
-        self._check()
-        return {"metadata": {"name": name, "namespace": namespace, "uid": OWNER.uid}}
-
-    async def served(self, *, kind: Kind) -> bool:
-        self._check()
-        return False
-
-    async def patch_status(
-        self, *, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> dict[str, Any]:
-        self._check()
-        self.status.update(status)
-        return {}
-
-    async def post_event(self, *, reason: str, **_: Any) -> None:
-        self._check()
-        self.events.append(reason)
+MONITORED = Owner(**{**OWNER.__dict__, "spec": {**OWNER.spec, "serviceMonitor": {"enabled": True}}})
 
 
 def _clock() -> datetime.datetime:
     return datetime.datetime(2026, 1, 2, tzinfo=datetime.UTC)
 
 
-@pytest.fixture
-async def setup() -> Any:
-    api = FakeApi()
-    reconciler = Reconciler(
+def new_api() -> FakeApi:
+    api = FakeApi(NAMESPACE)
+    api.secrets["signing"] = secret_body("signing", {"signing-secret": "fake-1"})
+    return api
+
+
+def new_reconciler(
+    api: FakeApi, backoff: Callable[[int, Problem | None], float] = lambda attempt, _: 0.02
+) -> Reconciler:
+    return Reconciler(
         settings=Settings(),
         api=api,  # type: ignore[arg-type]
         metrics=OperatorMetrics(),
         clock=_clock,
-        backoff=lambda attempt: 0.02,
+        backoff=backoff,
     )
+
+
+@pytest.fixture
+async def api() -> FakeApi:
+    return new_api()
+
+
+@pytest.fixture
+async def reconciler(api: FakeApi) -> AsyncIterator[Reconciler]:
+    found = new_reconciler(api)
+    yield found
+    await found.close()
+
+
+@pytest.fixture
+async def setup(api: FakeApi, reconciler: Reconciler) -> tuple[FakeApi, Reconciler]:
+    """A reconciler that has applied OWNER's children once."""
     assert await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create") is None
-    yield api, reconciler
-    await reconciler.close()
+    return api, reconciler
 
 
 def _find_owner(key: OwnerKey) -> Owner | None:
     return OWNER if key == KEY else None
 
 
-def _known(key: OwnerKey) -> tuple[tuple[str, str], ...]:
+def _known(key: OwnerKey) -> tuple[ChildRef, ...]:
     return ()
 
 
+def reconciles(reconciler: Reconciler) -> float:
+    return sum(
+        sample.value
+        for family in reconciler.metrics.registry.collect()
+        if family.name == "mailtrap_operator_reconciles"
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+
+
+# --- failures and retries ------------------------------------------------------------
+
+
 async def test_a_child_deleted_while_the_api_is_down_comes_back_once_it_answers(
-    setup: Any,
+    setup: tuple[FakeApi, Reconciler],
 ) -> None:
     api, reconciler = setup
-    deployment = api.objects[("Deployment", "hooks-receiver")]
-    applies = api.applies
+    deployment = api.objects.pop(("Deployment", CHILD))
+    writes = len(api.writes)
     api.down = True
     reconciler.observe_child(
         kind="Deployment",
@@ -146,47 +133,39 @@ async def test_a_child_deleted_while_the_api_is_down_comes_back_once_it_answers(
         known_children=_known,
     )
     await asyncio.sleep(0.2)  # several retries, all failing
-    assert api.applies == applies
+    assert len(api.writes) == writes
     api.down = False
-    await eventually(lambda: api.applies > applies, within=3)
+    await eventually(lambda: ("create", "Deployment", CHILD) in api.writes[writes:], within=3)
     await eventually(lambda: not reconciler._retrying, within=3)
 
 
-async def test_a_secret_rotated_while_the_api_is_down_is_rolled_out_once_it_answers(
-    setup: Any,
-) -> None:
-    api, reconciler = setup
-    before = api.status["configHash"]
-    api.secrets["signing"] = {"signing-secret": b"fake-2"}
-    api.secret_versions["signing"] = 2
-    api.down = True
-    body = {"metadata": {"name": "signing", "namespace": NAMESPACE}, "data": {}}
-    body["data"]["signing-secret"] = "ZmFrZS0y"  # base64 of the new value
-    await reconciler.on_secret_event(
-        event_type="MODIFIED",
-        body=body,
-        owners=[OWNER],
-        find_owner=_find_owner,
-        known_children=_known,
-    )
-    api.down = False
-    await eventually(lambda: api.status["configHash"] != before, within=3)
+async def test_no_retry_for_what_only_a_spec_change_can_fix(api: FakeApi) -> None:
+    waits: list[int] = []
 
+    def backoff(attempt: int, problem: Problem | None) -> float:
+        waits.append(attempt)
+        return 0.01
 
-async def test_no_retry_for_what_only_a_spec_change_can_fix(setup: Any) -> None:
-    api, reconciler = setup
-    deployment = api.objects[("Deployment", "hooks-receiver")]
-    invalid = Owner(**{**OWNER.__dict__, "spec": {**OWNER.spec, "shutdownGracePeriod": "x"}})
-    reconciler.observe_child(
-        kind="Deployment",
-        event_type="DELETED",
-        body=deployment,
-        find_owner=lambda key: invalid,
-        known_children=_known,
-    )
-    await eventually(lambda: "InvalidSpec" in api.events, within=3)
-    await asyncio.sleep(0.1)
-    assert not reconciler._retrying
+    reconciler = new_reconciler(api, backoff)
+    try:
+        assert await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create") is None
+        deployment = api.objects[("Deployment", CHILD)]
+        invalid = Owner(**{**OWNER.__dict__, "spec": {**OWNER.spec, "shutdownGracePeriod": "x"}})
+        reconciler.observe_child(
+            kind="Deployment",
+            event_type="DELETED",
+            body=deployment,
+            find_owner=lambda key: invalid,
+            known_children=_known,
+        )
+        await eventually(lambda: "InvalidSpec" in [reason for reason, _ in api.events], within=3)
+        done = reconciles(reconciler)
+        # Fifty backoffs' time: a retry, had one been scheduled, would have run by now.
+        await asyncio.sleep(0.5)
+        assert waits == []
+        assert reconciles(reconciler) == done == 2
+    finally:
+        await reconciler.close()
 
 
 @pytest.mark.parametrize(
@@ -206,3 +185,231 @@ def test_api_errors_are_reported_by_what_would_fix_them(
     assert str(error) in problem.message
     if reason == "Forbidden":
         assert "RBAC" in problem.message
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        # What a real API server answered (tests/security/test_takeover.py shows it).
+        (ApiError(422, "Invalid", 'metadata.uid: Invalid value: "u": field is immutable'), "uid"),
+        (ApiError(409, "Conflict", "uid mismatch: the provided object specified uid u"), "uid"),
+        (ApiError(409, "Conflict", "the UID in the precondition (u) does not match"), "uid"),
+        (ApiError(409, "AlreadyExists", 'configmaps "x" already exists'), "exists"),
+        (ApiError(422, "Invalid", "spec.template: Invalid value"), "rejected"),
+    ],
+)
+def test_lost_races_are_told_from_refusals(error: ApiError, kind: str) -> None:
+    assert error.uid_mismatch is (kind == "uid")
+    assert error.already_exists is (kind == "exists")
+    assert error.rejected is (kind == "rejected")
+
+
+async def test_a_policy_violation_stops_before_anything_is_read_or_written(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    evil = Owner(**{**OWNER.__dict__, "spec": {**OWNER.spec, "image": "evil.example/x:1"}})
+    reads = []
+    api.read_secret = lambda **kwargs: reads.append(kwargs)  # type: ignore[method-assign]
+    problem = await reconciler.reconcile(owner=evil, known_children=(), trigger="create")
+    assert problem is not None
+    assert (problem.reason, problem.permanent) == ("PolicyViolation", True)
+    assert "spec.image" in problem.message
+    assert "--allow-image-override" in problem.message
+    assert reads == []
+    assert api.writes == []
+    await eventually(lambda: ("PolicyViolation", problem.message) in api.events, within=3)
+
+
+# --- who owns what ---------------------------------------------------------------------
+
+
+async def test_a_name_held_by_someone_else_stops_every_write_and_is_reported(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    victim = api.put("Service", CHILD)
+    problem = await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create")
+    assert problem is not None
+    assert (problem.reason, problem.permanent) == ("ChildConflict", False)
+    assert "it has no controller" in problem.message
+    assert f'Service "{CHILD}" exists and is not controlled' in problem.message
+    assert api.writes == []  # not even the ConfigMap, which was free
+    assert api.objects[("Service", CHILD)] == victim
+    await eventually(lambda: ("ChildConflict", problem.message) in api.events, within=3)
+    degraded = next(c for c in api.status["conditions"] if c["type"] == "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "ChildConflict")
+
+
+async def test_a_leftover_of_an_earlier_resource_of_the_same_name_is_not_taken_over(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    api.put("Deployment", CHILD, owner_uid="uid-earlier")
+    known = [ChildRef("Deployment", CHILD, "uid-leftover", "uid-earlier")]
+    problem = await reconciler.reconcile(owner=OWNER, known_children=known, trigger="create")
+    assert problem is not None
+    assert 'its controller is an earlier MailtrapWebhook "hooks" (uid uid-earlier)' in (
+        problem.message
+    )
+    assert api.writes == []
+
+
+async def test_a_name_taken_between_the_check_and_the_create_is_checked_again(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    def someone_is_faster(verb: str, kind: str) -> None:
+        if (verb, kind) == ("create", "Service") and ("Service", CHILD) not in api.objects:
+            api.put("Service", CHILD)
+
+    api.before_write = someone_is_faster
+    problem = await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create")
+    assert problem is not None
+    assert problem.reason == "ChildConflict"
+    assert api.objects[("Service", CHILD)]["spec"] == {"victim": True}
+    assert ("apply", "Service", CHILD) not in api.writes
+
+
+async def test_an_object_replaced_since_it_was_checked_is_not_written(
+    setup: tuple[FakeApi, Reconciler],
+) -> None:
+    api, reconciler = setup
+    # The ledger still says the ConfigMap is ours; someone else's is there now.
+    del api.objects[("ConfigMap", CHILD)]
+    victim = api.put("ConfigMap", CHILD)
+    problem = await reconciler.reconcile(owner=OWNER, known_children=(), trigger="drift")
+    assert problem is not None
+    assert f'ConfigMap "{CHILD}" exists and is not controlled' in problem.message
+    assert api.objects[("ConfigMap", CHILD)] == victim
+
+
+async def test_children_are_written_through_the_uid_that_was_checked(
+    setup: tuple[FakeApi, Reconciler],
+) -> None:
+    api, reconciler = setup
+    api.writes.clear()
+    known = [
+        ChildRef(kind, name, body["metadata"]["uid"], OWNER.uid)
+        for (kind, name), body in api.objects.items()
+    ]
+    assert await reconciler.reconcile(owner=OWNER, known_children=known, trigger="resume") is None
+    assert sorted(api.writes) == [
+        ("apply", "ConfigMap", CHILD),
+        ("apply", "Deployment", CHILD),
+        ("apply", "Service", CHILD),
+    ]
+
+
+async def test_created_children_end_up_owned_by_apply_alone(
+    setup: tuple[FakeApi, Reconciler],
+) -> None:
+    api, _ = setup
+    for body in api.objects.values():
+        entries = body["metadata"]["managedFields"]
+        assert [(e["manager"], e["operation"]) for e in entries] == [(FIELD_MANAGER, "Apply")]
+
+
+async def test_a_controller_writing_a_new_child_first_does_not_stop_the_fold(
+    api: FakeApi, reconciler: Reconciler, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create = api.create
+
+    async def create_then_a_status_write(**kwargs: Any) -> dict[str, Any]:
+        body = await create(**kwargs)
+        if kwargs["kind"].kind == "Deployment":  # the Deployment controller, at once
+            api._store("Deployment", api.objects[("Deployment", CHILD)])
+        return body
+
+    monkeypatch.setattr(api, "create", create_then_a_status_write)
+    assert await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create") is None
+    entries = api.objects[("Deployment", CHILD)]["metadata"]["managedFields"]
+    assert [(e["manager"], e["operation"]) for e in entries] == [(FIELD_MANAGER, "Apply")]
+
+
+async def test_only_our_own_unwanted_children_are_deleted(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    api.monitors_served = True
+    assert await reconciler.reconcile(owner=MONITORED, known_children=(), trigger="create") is None
+    assert ("create", "ServiceMonitor", CHILD) in api.writes
+    # Switched off: ours goes, with the uid that was checked.
+    assert await reconciler.reconcile(owner=OWNER, known_children=(), trigger="update") is None
+    assert ("ServiceMonitor", CHILD) not in api.objects
+    # Someone else's ServiceMonitor of that name, seen after a restart, stays.
+    victim = api.put("ServiceMonitor", CHILD)
+    restarted = new_reconciler(api)
+    try:
+        assert await restarted.reconcile(owner=OWNER, known_children=(), trigger="resume") is None
+    finally:
+        await restarted.close()
+    assert api.objects[("ServiceMonitor", CHILD)] == victim
+
+
+# --- Secrets -----------------------------------------------------------------------------
+
+SPEC = {
+    "signingSecretRef": {"name": "signing"},
+    "basicAuthSecretRef": {"name": "basic"},
+    "targets": [{"name": "a", "url": "http://a/", "signingSecretRef": {"name": "db-creds"}}],
+}
+
+
+def info(*keys: str, opted_in: bool = True) -> SecretInfo:
+    return SecretInfo(keys=frozenset(keys), opted_in=opted_in)
+
+
+def problem_of(secrets: dict[str, SecretInfo | None], *, require_label: bool = True) -> Any:
+    return secret_problem(
+        namespace="team-a", refs=secret_refs(SPEC), secrets=secrets, require_label=require_label
+    )
+
+
+def test_secrets_that_opted_in_and_hold_the_keys_are_no_problem() -> None:
+    secrets = {
+        "signing": info("signing-secret"),
+        "basic": info("credentials"),
+        "db-creds": info("signing-secret"),
+    }
+    assert problem_of(secrets) is None
+
+
+def test_a_secret_without_the_opt_in_label_is_refused_with_the_command_that_labels_it() -> None:
+    secrets = {
+        "signing": info("signing-secret"),
+        "basic": info("credentials"),
+        "db-creds": info("password", opted_in=False),
+    }
+    problem = problem_of(secrets)
+    assert problem.reason == "SecretNotLabelled"
+    assert not problem.permanent
+    assert "spec.targets[0].signingSecretRef" in problem.message
+    assert (
+        "kubectl -n team-a label secret db-creds mailtrap.io/webhook-secret=true" in problem.message
+    )
+    # Nothing about the keys of a Secret that did not opt in: no probing by reference.
+    assert "signing-secret" not in problem.message
+    assert "password" not in problem.message
+    assert problem_of(secrets, require_label=False).reason == "SecretKeyMissing"
+
+
+def test_missing_secrets_come_first_then_unlabelled_then_missing_keys() -> None:
+    secrets: dict[str, SecretInfo | None] = {
+        "signing": None,
+        "basic": info("wrong-key"),
+        "db-creds": info(opted_in=False),
+    }
+    problem = problem_of(secrets)
+    assert problem.reason == "SecretMissing"
+    assert problem.message.count(";") == 2
+    assert 'Secret "signing" not found in namespace "team-a"' in problem.message
+    assert 'Secret "basic" has no key "credentials"' in problem.message
+    del secrets["signing"]
+    assert problem_of(secrets).reason == "SecretMissing"  # not found is not found
+    secrets["signing"] = info("signing-secret")
+    assert problem_of(secrets).reason == "SecretNotLabelled"
+
+
+def test_secret_problems_are_retried_soon_and_others_back_off_further() -> None:
+    secret = Problem("SecretNotLabelled", "x")
+    other = Problem("ChildConflict", "x")
+    assert [retry_delay(n, secret) for n in range(6)] == [5.0, 10.0, 20.0, 30.0, 30.0, 30.0]
+    assert max(retry_delay(n, secret) for n in range(50)) == SECRET_RETRY_DELAY
+    assert max(retry_delay(n, other) for n in range(50)) == MAX_RETRY_DELAY
+    assert retry_delay(3, other) == 40.0

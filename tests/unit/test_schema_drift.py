@@ -2,7 +2,8 @@
 
 The CRD (crds/) is the single source of truth. This walks its ``spec`` schema and
 the pydantic models of config.py side by side and fails on any difference: key
-names (with ``...SecretRef`` -> ``...SecretFile``), which keys are operator-only,
+names (with ``...SecretRef`` -> ``...SecretFile``), which keys are operator-only
+(the CRD's, not the model's) or operator-injected (the model's, not the CRD's),
 required keys, enums, defaults (where both have one), and numeric and length
 bounds. Patterns the models implement as parsers (durations, quantities) are
 checked by behaviour on sample strings. The CRD's event enums must also equal the
@@ -24,6 +25,7 @@ from pydantic import BaseModel, TypeAdapter
 from pydantic.fields import FieldInfo
 
 from mailtrap_receiver.config import (
+    OPERATOR_INJECTED_KEYS,
     OPERATOR_ONLY_KEYS,
     ReceiverConfig,
     parse_byte_size,
@@ -109,7 +111,11 @@ def compare(schema: dict[str, Any], model: type[BaseModel], where: str) -> list[
     crd_keys = {
         config_key(key): key for key in crd_props if not (top and key in OPERATOR_ONLY_KEYS)
     }
-    fields = {field.alias: field for field in model.model_fields.values()}
+    fields = {
+        field.alias: field
+        for field in model.model_fields.values()
+        if not (top and field.alias in OPERATOR_INJECTED_KEYS)
+    }
     for key in sorted(set(crd_keys) - set(fields)):
         problems.append(f"{where}.{crd_keys[key]}: in the CRD, not in {model.__name__}")
     for key in sorted(set(fields) - set(crd_keys)):
@@ -197,9 +203,18 @@ def test_the_config_models_mirror_the_crd_spec() -> None:
 
 def test_the_operator_only_keys_are_exactly_the_crd_keys_the_model_lacks() -> None:
     model_keys = {field.alias for field in ReceiverConfig.model_fields.values()}
+    model_keys -= OPERATOR_INJECTED_KEYS
     crd_keys = {config_key(key) for key in SPEC["properties"]}
     assert crd_keys - model_keys == OPERATOR_ONLY_KEYS
     assert not OPERATOR_ONLY_KEYS & model_keys
+
+
+def test_operator_injected_keys_are_the_models_and_never_the_crds() -> None:
+    # The operator writes them from its own settings: no spec can set them.
+    model_keys = {field.alias for field in ReceiverConfig.model_fields.values()}
+    assert model_keys >= OPERATOR_INJECTED_KEYS
+    assert not OPERATOR_INJECTED_KEYS & set(SPEC["properties"])
+    assert not OPERATOR_INJECTED_KEYS & OPERATOR_ONLY_KEYS
 
 
 def test_max_body_size_agrees_with_the_crd_rule() -> None:

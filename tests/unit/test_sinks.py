@@ -177,6 +177,27 @@ async def started(config: ReceiverConfig) -> ForwardingSink:
     return sink
 
 
+async def test_a_denied_target_fails_the_request_without_quick_retries(
+    target: RecordingTarget,
+) -> None:
+    config = config_with(
+        {"name": "t", "url": f"http://localhost:{target.port}/events"},
+        deniedTargetRanges=["127.0.0.0/8", "::1/128"],
+    )
+    sink = await started(config)
+    try:
+        with pytest.raises(SinkUnavailable):
+            await sink.submit([event()])
+    finally:
+        await sink.close()
+    assert target.received == []
+    # One attempt: a denied address stays denied.
+    attempts = sink._metrics.registry.get_sample_value(
+        "mailtrap_webhook_deliveries_total", {"target": "t", "outcome": "error"}
+    )
+    assert attempts == 1
+
+
 async def test_batches_follow_the_target_batch_size(target: RecordingTarget) -> None:
     sink = await started(config_with({"name": "t", "url": target.url, "batchSize": 2}))
     try:
