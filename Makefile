@@ -9,15 +9,20 @@ BIN := $(VENV)/bin
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[operator,dev]'
 	touch $@
 
-# wrk is only for the benchmark's smoke test: if it cannot be installed here, setup
-# goes on and that test skips (CI, with MAILTRAP_CI set, fails it instead).
+# wrk is only for the benchmark's smoke test, the node packages only for tests/e2e
+# (a real kubelet node) and hack/images.sh: if they cannot be installed here, setup
+# goes on and those tests skip (CI, with MAILTRAP_CI set, fails them instead).
+NODE_DEBS := containerd runc containernetworking-plugins nftables buildah mmdebstrap
+
 setup: $(VENV)/.installed
 	hack/testbins.sh >/dev/null
-	@command -v wrk >/dev/null || hack/install-wrk.sh || \
+	@hack/install-debs.sh wrk || \
 	  echo "setup: wrk is missing, so tests/integration/receiver/test_bench_smoke.py will skip" >&2
+	@hack/install-debs.sh $(NODE_DEBS) || \
+	  echo "setup: $(NODE_DEBS) are not all installed, so tests/e2e will skip" >&2
 
 dev: setup
 	$(BIN)/python hack/dev.py

@@ -12,6 +12,9 @@ Used by the session fixture in ``tests/conftest.py`` and by ``hack/dev.py``. It
 hands out kubeconfigs for the admin and, through TokenRequest, for any
 ServiceAccount, so the operator can run with exactly the chart's RBAC, and
 (``audit=True``) an audit log of what ServiceAccounts asked and were allowed.
+With ``kwok=False`` it has no node at all: tests/helpers/node.py joins a real
+kubelet to it, which the API server calls (for logs and exec) with the admin
+certificate. `Daemons` starts and stops the long-running children of both.
 """
 
 from __future__ import annotations
@@ -109,7 +112,7 @@ class _Pki:
     sa_pub: bytes
 
 
-def _make_pki() -> _Pki:
+def _make_pki(host: str) -> _Pki:
     now = datetime.datetime.now(datetime.UTC)
     validity = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=2))
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -162,7 +165,7 @@ def _make_pki() -> _Pki:
         _name("kube-apiserver"),
         x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
         [
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address(host)),
             x509.IPAddress(next(ipaddress.ip_network(SERVICE_CIDR).hosts())),
             x509.DNSName("localhost"),
             x509.DNSName("kubernetes"),
@@ -210,21 +213,84 @@ class _Proc:
 
 
 @dataclass
+class Daemons:
+    """Long-running children, each in its own process group and logging to
+    ``<workdir>/<name>.log``: the control plane's here, the real node's in node.py."""
+
+    workdir: Path
+    _procs: list[_Proc] = field(default_factory=list)
+
+    def spawn(
+        self, name: str, command: Sequence[str], *, preexec: Callable[[], None] = die_with_parent
+    ) -> None:
+        log_path = self.workdir / f"{name}.log"
+        log = log_path.open("ab")
+        popen = subprocess.Popen(
+            list(command),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            preexec_fn=preexec,
+            start_new_session=True,
+        )
+        self._procs.append(_Proc(name, popen, log_path, log))
+
+    def wait(self, name: str, ready: Callable[[], bool], deadline: float) -> None:
+        """Until ``ready()``; a daemon that exits meanwhile fails it, with its log."""
+        while time.monotonic() < deadline:
+            for proc in self._procs:
+                if proc.popen.poll() is not None:
+                    raise ClusterError(
+                        f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}"
+                    )
+            with contextlib.suppress(Exception):
+                if ready():
+                    return
+            time.sleep(0.2)
+        waited = next((p for p in self._procs if p.name == name), None)
+        raise ClusterError(f"{name} not ready in time:\n{waited.tail() if waited else ''}")
+
+    def pids(self) -> list[int]:
+        return [proc.popen.pid for proc in self._procs if proc.popen.poll() is None]
+
+    def stop(self) -> None:
+        """SIGTERM each, last started first; SIGKILL what is left after 10 s."""
+        for proc in reversed(self._procs):
+            if proc.popen.poll() is None:
+                proc.popen.terminate()
+        for proc in reversed(self._procs):
+            try:
+                proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+            proc.log.close()
+        self._procs.clear()
+
+
+@dataclass
 class LocalCluster:
     """A control plane of real Kubernetes binaries; start() it, then stop() it."""
 
     bin_dir: Path
     workdir: Path
+    # The API server's address. Loopback, except for a real node's cluster: the
+    # `kubernetes` Service's endpoint is this address, and Endpoints may not be
+    # loopback (node.py puts a host-local address on lo for it).
+    host: str = "127.0.0.1"
     api_port: int = 0
     version: str = ""
     # Record what ServiceAccounts ask the API server (and what it decided), so a
     # test can prove which permissions the operator really uses. Off by default.
     audit: bool = False
-    _procs: list[_Proc] = field(default_factory=list)
+    # kwok and its simulated node; off for a cluster whose node is real (node.py).
+    kwok: bool = True
+    _daemons: Daemons | None = None
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.host}:{self.api_port}"
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -251,9 +317,10 @@ class LocalCluster:
             raise
 
     def _start(self, *, timeout: float) -> None:
+        self._daemons = Daemons(self.workdir)
         pki_dir = self.workdir / "pki"
         pki_dir.mkdir(parents=True, exist_ok=True)
-        pki = _make_pki()
+        pki = _make_pki(self.host)
         files = {
             "ca.crt": pki.ca_cert,
             "apiserver.crt": pki.server_cert,
@@ -292,8 +359,8 @@ class LocalCluster:
             "kube-apiserver",
             [
                 f"--etcd-servers={etcd}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={self.api_port}",
                 f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
@@ -306,6 +373,11 @@ class LocalCluster:
                 # on the owner's finalizers, so the chart's RBAC is tested for it.
                 "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # `kubectl logs` and `exec` on a real node (node.py): the API server
+                # reaches its kubelet as the admin, at the node's name (localhost).
+                f"--kubelet-client-certificate={pki_dir / 'admin.crt'}",
+                f"--kubelet-client-key={pki_dir / 'admin.key'}",
+                "--kubelet-preferred-address-types=Hostname",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 *self._audit_flags(),
@@ -358,16 +430,17 @@ class LocalCluster:
                 "--leader-elect=false",
             ],
         )
-        self._spawn(
-            "kwok",
-            [
-                f"--kubeconfig={kubeconfig}",
-                f"--config={REPO / 'hack' / 'kwok-stages.yaml'}",
-                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-                f"--cidr={POD_CIDR}",
-                "--node-lease-duration-seconds=40",
-            ],
-        )
+        if self.kwok:
+            self._spawn(
+                "kwok",
+                [
+                    f"--kubeconfig={kubeconfig}",
+                    f"--config={REPO / 'hack' / 'kwok-stages.yaml'}",
+                    f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                    f"--cidr={POD_CIDR}",
+                    "--node-lease-duration-seconds=40",
+                ],
+            )
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE  # their serving certs are self-signed, made at start
@@ -375,23 +448,19 @@ class LocalCluster:
             self._wait(
                 name, lambda p=port: _http_ok(f"https://127.0.0.1:{p}/healthz", insecure), deadline
             )
-        self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(_kwok_node("kwok-node-0")))
-        self._wait("kwok", self._node_ready, deadline)
+        if self.kwok:
+            self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(_kwok_node("kwok-node-0")))
+            self._wait("kwok", self._node_ready, deadline)
         # Pods are refused until the service account controller made "default".
         self._wait("kube-controller-manager", self._default_sa_exists, deadline)
 
     def stop(self) -> None:
-        for proc in reversed(self._procs):
-            if proc.popen.poll() is None:
-                proc.popen.terminate()
-        for proc in reversed(self._procs):
-            try:
-                proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
-            proc.log.close()
-        self._procs.clear()
+        if self._daemons is not None:
+            self._daemons.stop()
+
+    def daemon_pids(self) -> list[int]:
+        """The control plane's running processes."""
+        return self._daemons.pids() if self._daemons is not None else []
 
     # -- audit --
 
@@ -485,32 +554,12 @@ class LocalCluster:
     # -- internals --
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        log_path = self.workdir / f"{name}.log"
-        log = log_path.open("ab")
-        popen = subprocess.Popen(
-            [self.binary(name), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-            preexec_fn=die_with_parent,
-            start_new_session=True,
-        )
-        self._procs.append(_Proc(name, popen, log_path, log))
+        assert self._daemons is not None
+        self._daemons.spawn(name, [self.binary(name), *args])
 
     def _wait(self, name: str, ready: Callable[[], bool], deadline: float) -> None:
-        while time.monotonic() < deadline:
-            for proc in self._procs:
-                if proc.popen.poll() is not None:
-                    raise ClusterError(
-                        f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}"
-                    )
-            with contextlib.suppress(Exception):
-                if ready():
-                    return
-            time.sleep(0.2)
-        proc = next((p for p in self._procs if p.name == name), None)
-        raise ClusterError(f"{name} not ready in time:\n{proc.tail() if proc else ''}")
+        assert self._daemons is not None
+        self._daemons.wait(name, ready, deadline)
 
     def _node_ready(self) -> bool:
         out = self.kubectl(
@@ -558,12 +607,17 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
 
 @contextlib.contextmanager
 def local_cluster(
-    *, workdir: Path | None = None, keep_logs: Path | None = None, audit: bool = False
+    *,
+    workdir: Path | None = None,
+    keep_logs: Path | None = None,
+    audit: bool = False,
+    kwok: bool = True,
+    host: str = "127.0.0.1",
 ) -> Iterator[LocalCluster]:
     """Start a cluster for the duration of a ``with`` block; always stops and cleans up."""
     owned = workdir is None
     work = workdir or Path(tempfile.mkdtemp(prefix="mailtrap-cluster-"))
-    cluster = LocalCluster(bin_dir=testbins_dir(), workdir=work, audit=audit)
+    cluster = LocalCluster(bin_dir=testbins_dir(), workdir=work, audit=audit, kwok=kwok, host=host)
     try:
         cluster.start()
         yield cluster

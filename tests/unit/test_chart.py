@@ -38,6 +38,7 @@ from tests.helpers.cluster import REPO
 SCENARIOS = [None, *CI_VALUES]
 IDS = ["defaults", *(path.name.removesuffix("-values.yaml") for path in CI_VALUES)]
 CRD = "mailtrapwebhooks.mailtrap.io.yaml"
+DEFAULT_RECEIVER_REPOSITORY = "ghcr.io/mailtrap-webhook-operator/mailtrap-webhook-receiver"
 
 
 def scenario_files(scenario: Path | None) -> list[Path]:
@@ -136,6 +137,7 @@ def test_a_service_monitor_without_its_service_is_refused() -> None:
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"image": {"tga": "1.0"}}, "'tga' not allowed"),
         ({"receiver": {"imagePullPolicy": "always"}}, "/receiver/imagePullPolicy"),
+        ({"receiver": {"image": "registry.example/receiver:1"}}, "/receiver/image"),
         ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
         ({"watchNamespaces": "team-a"}, "/watchNamespaces"),
         ({"logging": {"level": "verbose"}}, "/logging/level"),
@@ -330,9 +332,16 @@ def test_the_operator_reads_every_variable_the_chart_sets(scenario: Path | None)
         assert parsed.peering_name == peering
     container = deployment_of(docs)["spec"]["template"]["spec"]["containers"][0]
     receiver = values.get("receiver", {})
-    # The receivers run the operator's image, and pull it alike, unless told otherwise.
-    assert parsed.receiver_image == receiver.get("image", container["image"])
-    own_policy = "" if "image" in receiver else container["imagePullPolicy"]
+    # The receivers run the receiver image of the operator's release (its tag), and
+    # pull it alike, unless told otherwise.
+    operator_tag = container["image"].rsplit(":", 1)[1]
+    wanted = receiver.get("image", {})
+    wanted_image = (
+        f"{wanted.get('repository', DEFAULT_RECEIVER_REPOSITORY)}:"
+        f"{wanted.get('tag') or operator_tag}"
+    )
+    assert parsed.receiver_image == wanted_image
+    own_policy = container["imagePullPolicy"]
     assert parsed.receiver_image_pull_policy == receiver.get("imagePullPolicy", own_policy)
     port = container["ports"][0]["containerPort"]
     assert parsed.metrics_port == port
@@ -350,11 +359,17 @@ def test_the_operator_reads_every_variable_the_chart_sets(scenario: Path | None)
         assert parsed.policy == Policy()
 
 
-def test_a_receiver_image_of_its_own_keeps_the_clusters_pull_policy() -> None:
-    docs = render(values={"receiver": {"image": "registry.example/receiver:1"}})
+def test_the_chart_and_the_operator_default_to_the_same_receiver_image() -> None:
+    parsed = operator_settings.parse([], environ=container_env(render()))
+    assert parsed.receiver_image == operator_settings.DEFAULT_RECEIVER_IMAGE
+    assert parsed.receiver_image == f"{DEFAULT_RECEIVER_REPOSITORY}:{__version__}"
+
+
+def test_the_receiver_image_follows_the_operator_images_tag() -> None:
+    docs = render(values={"image": {"tag": "1.2.3", "pullPolicy": "Never"}})
     parsed = operator_settings.parse([], environ=container_env(docs))
-    assert parsed.receiver_image == "registry.example/receiver:1"
-    assert parsed.receiver_image_pull_policy == ""
+    assert parsed.receiver_image == f"{DEFAULT_RECEIVER_REPOSITORY}:1.2.3"
+    assert parsed.receiver_image_pull_policy == "Never"
 
 
 def test_the_image_tag_defaults_to_the_app_version() -> None:
