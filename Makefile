@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup dev test lint unit integration constraints clean
+.PHONY: setup dev test lint unit integration constraints chart clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +42,17 @@ unit: $(VENV)/.installed
 integration: setup
 	$(BIN)/pytest tests/integration
 
+# The chart as users install it: dist/mailtrap-webhook-operator-<version>.tgz, its
+# version and appVersion the package's (pyproject.toml), which Chart.yaml must equal.
+VERSION = $(shell $(PYTHON) -c "import tomllib; print(tomllib.load(open('pyproject.toml', 'rb'))['project']['version'])")
+CHART_DIST ?= dist
+chart:
+	$$(hack/testbins.sh helm)/helm package charts/mailtrap-webhook-operator \
+	  --version $(VERSION) --app-version $(VERSION) --destination $(CHART_DIST)
+
 constraints: $(VENV)/.installed
 	{ echo '# Exact versions CI installs (pip install -c constraints.txt); refresh with `make constraints`.'; \
 	  $(BIN)/pip freeze --exclude-editable; } > constraints.txt
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis dist

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -377,6 +378,14 @@ def test_the_image_tag_defaults_to_the_app_version() -> None:
     image = deployment_of(render())["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.endswith(f":{chart['appVersion']}")
     assert chart["appVersion"] == __version__
+
+
+def test_the_chart_carries_the_packages_version() -> None:
+    # pyproject.toml holds the one version: the package's (and so __version__), and
+    # `make chart` packages the chart with it; Chart.yaml must say the same.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["version"] == chart["appVersion"] == project["version"] == __version__
 
 
 # --- RBAC ---------------------------------------------------------------------------
