@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -288,6 +290,18 @@ def without_default(schema: dict[str, Any], values: dict[str, Any], path: str) -
             yield f"{path}{key}"
         elif "properties" in prop and isinstance(values[key], dict):
             yield from without_default(prop, values[key], f"{path}{key}.")
+
+
+def test_the_charts_readme_is_written_from_its_values() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "hack" / "chart_readme.py"), "--check"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    readme = (CHART / "README.md").read_text()
+    # Every documented key has its row, with its default.
+    assert "| `policy.allowImageOverride` | bool | `false` |" in readme
+    assert "| `replicaCount` | int | `1` |" in readme
 
 
 def test_values_yaml_documents_every_key() -> None:
