@@ -5,8 +5,9 @@
 # kube-proxy and pause (the sandbox process of the real node's pause image, built
 # from hack/pause/pause.go) for the real node of tests/e2e; oci-registry (an
 # in-memory OCI registry, go-containerregistry's) that the chart is pushed to and
-# installed from. Prints the directory that holds all of them; names given as
-# arguments limit it to those.
+# installed from; kubeconform, which checks every manifest against Kubernetes'
+# schemas. Prints the directory that holds all of them; names given as arguments
+# limit it to those.
 #
 # For each binary, the first of:
 #   1. $MAILTRAP_TESTBINS (a directory), then $KUBEBUILDER_ASSETS, then PATH, if
@@ -15,8 +16,9 @@
 #      the pinned major.minor. A binary that does not fit is skipped, with a log line;
 #   2. the official release download a user with internet would get;
 #   3. a build from the Go module proxy with the installed Go.
-# pause and oci-registry have no release binaries: they are always built, oci-registry
-# again whenever GGCR_VERSION changes (it cannot tell its own version).
+# pause, oci-registry and kubeconform are always built (the first two have no release
+# binaries), the last two again whenever their pin changes: a build from the module
+# proxy cannot tell its own version.
 # Downloads and builds are kept in ${XDG_CACHE_HOME:-~/.cache}/mailtrap-webhook/
 # testbins/<versions>/obtained, so the second run costs nothing. The printed
 # directory, bin/ next to it, links each name to the binary chosen this run.
@@ -74,7 +76,7 @@ version_fits() { # name path -> 0 when the binary's version is one hack/versions
   esac
   pin=$(grep -oE '[0-9]+\.[0-9]+' <<<"$pin" | head -1)
   case $name in
-    pause | oci-registry) return 1 ;; # only our own build: anything else by that name is not it
+    pause | oci-registry | kubeconform) return 1 ;; # only our own build
     kubectl) out=$(timeout 20 "$2" version --client 2>/dev/null) || true ;;
     helm) out=$(timeout 20 "$2" version --short 2>/dev/null) || true ;;
     *) out=$(timeout 20 "$2" --version 2>/dev/null) || true ;;
@@ -130,8 +132,8 @@ download() { # name dir -> 0 when the official release landed in dir
       need tar || return 1
       fetch "https://get.helm.sh/helm-${HELM_VERSION}-linux-${arch}.tar.gz" "$out/h.tgz" &&
         tar -xzf "$out/h.tgz" -C "$out" "linux-${arch}/helm" && mv "$out/linux-${arch}/helm" "$out/helm" || return 1 ;;
-    pause | oci-registry)
-      echo "not released on its own" >&2
+    pause | oci-registry | kubeconform)
+      echo "built from source here" >&2
       return 1 ;;
   esac
   chmod +x "$out/$name"
@@ -217,6 +219,9 @@ build() { # name dir -> 0 when a from-source build landed in dir
       GOBIN="$out" go install -trimpath -ldflags="-s -w" \
         "github.com/google/go-containerregistry/cmd/registry@${GGCR_VERSION}" &&
         mv "$out/registry" "$out/oci-registry" ;;
+    kubeconform)
+      GOBIN="$out" go install -trimpath -ldflags="-s -w" \
+        "github.com/yannh/kubeconform/cmd/kubeconform@${KUBECONFORM_VERSION}" ;;
   esac
 }
 
@@ -241,13 +246,20 @@ obtain() { # name -> obtained/<name>, downloaded or else built
   rm -rf "$out"
 }
 
+pinned() { # name -> the pin of a binary that cannot tell its version (else nothing)
+  case $1 in
+    oci-registry) echo "$GGCR_VERSION" ;;
+    kubeconform) echo "$KUBECONFORM_VERSION" ;;
+  esac
+}
+
 link() { # name target -> bin/<name> points at target, replaced in one rename
   [ "$(readlink "$bin/$1" || true)" = "$2" ] && return 0
   ln -sfn "$2" "$bin/.$1.link"
   mv -Tf "$bin/.$1.link" "$bin/$1"
 }
 
-names=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kubelet kube-proxy pause oci-registry)
+names=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kubelet kube-proxy pause oci-registry kubeconform)
 [ $# -gt 0 ] && names=("$@")
 for name in "${names[@]}"; do
   # Earlier versions of this script kept downloads and builds in bin/ itself.
@@ -258,15 +270,15 @@ for name in "${names[@]}"; do
   if [ "$name" = pause ] && [ "$here/pause/pause.go" -nt "$obtained/pause" ]; then
     rm -f "$obtained/pause"
   fi
-  if [ "$name" = oci-registry ] &&
-    [ "$(cat "$obtained/.oci-registry.version" 2>/dev/null)" != "$GGCR_VERSION" ]; then
-    rm -f "$obtained/oci-registry"
+  pin=$(pinned "$name")
+  if [ -n "$pin" ] && [ "$(cat "$obtained/.$name.version" 2>/dev/null)" != "$pin" ]; then
+    rm -f "$obtained/$name"
   fi
   existing=$(find_existing "$name")
   if [ -z "$existing" ]; then
     if [ ! -x "$obtained/$name" ]; then
       obtain "$name"
-      [ "$name" != oci-registry ] || echo "$GGCR_VERSION" >"$obtained/.oci-registry.version"
+      [ -z "$pin" ] || echo "$pin" >"$obtained/.$name.version"
     fi
     existing="$obtained/$name"
   fi
