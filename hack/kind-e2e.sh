@@ -5,9 +5,11 @@
 #
 #   hack/kind-e2e.sh          # needs docker (a running engine) and kind
 #
-# Steps: create a kind cluster; docker build the image and kind load it; helm
-# install the chart with that image; deploy an echo target (the same image running
-# a few lines of Python: no other image to pull) as the Service examples/basic.yaml
+# Steps: create a kind cluster; build the operator and receiver images with
+# hack/images.sh (docker build of the Dockerfile's two targets; IMAGE_BUILDER=buildah
+# builds them without a registry instead) and kind load both; helm install the chart
+# with them; deploy tests/e2e/echo-target.yaml (the receiver image running a few
+# lines of Python: no other image to pull) as the Service examples/basic.yaml
 # sends bounces to; apply the example; wait for Ready; port-forward to the
 # receiver's Service; check that a badly signed request gets 401; send a signed
 # bounce with `mailtrap-receiver send-test`; wait until the target printed it.
@@ -16,7 +18,8 @@
 # rather than use or delete it.
 #
 # Environment: KIND (the kind binary), KIND_CLUSTER (name), KIND_NODE_IMAGE,
-# KEEP_CLUSTER, PYTHON (a Python with this project installed; default .venv).
+# KEEP_CLUSTER, PYTHON (a Python with this project installed; default .venv),
+# IMAGE_BUILDER (docker by default here; see hack/images.sh).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +27,6 @@ cd "$repo"
 
 kind=${KIND:-kind}
 cluster=${KIND_CLUSTER:-mailtrap-e2e}
-image=mailtrap-webhook-operator:e2e
 python=${PYTHON:-$repo/.venv/bin/python}
 release=mailtrap
 system=mailtrap-system
@@ -75,69 +77,27 @@ created=1
 "$kind" create cluster --name "$cluster" --kubeconfig "$KUBECONFIG" --wait 180s \
   ${KIND_NODE_IMAGE:+--image "$KIND_NODE_IMAGE"}
 
-log "building $image and loading it into the cluster"
-docker build --quiet --tag "$image" .
-"$kind" load docker-image "$image" --name "$cluster"
+log "building the operator and receiver images and loading them into the cluster"
+# tests/e2e/echo-target.yaml names the receiver image with the default tag, dev.
+images=$(IMAGE_BUILDER=${IMAGE_BUILDER:-docker} IMAGE_TAG=dev hack/images.sh operator receiver)
+while read -r name ref archive; do
+  "$kind" load image-archive "$archive" --name "$cluster"
+  case $name in
+    operator) operator_image=$ref ;;
+    receiver) receiver_image=$ref ;;
+  esac
+done <<<"$images"
 
 log "installing the chart"
 helm install "$release" charts/mailtrap-webhook-operator \
   --namespace "$system" --create-namespace \
-  --set image.repository="${image%%:*}" --set-string image.tag="${image##*:}" \
-  --set image.pullPolicy=Never \
+  --set image.repository="${operator_image%:*}" --set-string image.tag="${operator_image##*:}" \
+  --set image.pullPolicy=Never --set receiver.image.repository="${receiver_image%:*}" \
   --wait --timeout 300s
 
 log "deploying the echo target and examples/basic.yaml"
 kubectl create namespace "$apps"
-kubectl -n "$apps" apply -f - <<YAML
-# The Service examples/basic.yaml sends bounces, spam complaints and unsubscribes
-# to: prints one JSON line per request it gets.
-apiVersion: v1
-kind: ConfigMap
-metadata: {name: echo}
-data:
-  echo.py: |
-    import http.server, json
-    class Echo(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            print(json.dumps({"path": self.path, "event": self.headers.get("X-Mailtrap-Event"),
-                              "body": json.loads(body)}), flush=True)
-            self.send_response(200)
-            self.end_headers()
-        def log_message(self, *args):
-            pass
-    http.server.ThreadingHTTPServer(("", 8080), Echo).serve_forever()
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: suppression-api}
-spec:
-  selector: {matchLabels: {app: suppression-api}}
-  template:
-    metadata: {labels: {app: suppression-api}}
-    spec:
-      automountServiceAccountToken: false
-      securityContext: {runAsNonRoot: true, runAsUser: 10001, seccompProfile: {type: RuntimeDefault}}
-      containers:
-        - name: echo
-          image: $image
-          imagePullPolicy: Never
-          command: [python, /echo/echo.py]
-          ports: [{name: http, containerPort: 8080}]
-          securityContext:
-            allowPrivilegeEscalation: false
-            readOnlyRootFilesystem: true
-            capabilities: {drop: [ALL]}
-          volumeMounts: [{name: echo, mountPath: /echo}]
-      volumes: [{name: echo, configMap: {name: echo}}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: suppression-api}
-spec:
-  selector: {app: suppression-api}
-  ports: [{port: 8080, targetPort: http}]
-YAML
+kubectl -n "$apps" apply -f tests/e2e/echo-target.yaml
 kubectl -n "$apps" apply -f examples/basic.yaml
 kubectl -n "$apps" rollout status deploy/suppression-api --timeout=180s
 kubectl -n "$apps" wait --for=condition=Ready mtwh/transactional --timeout=300s

@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# Provides the test-only Kubernetes binaries that tests/helpers/cluster.py starts:
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl, kwok
-# and helm. Prints the directory that holds all of them.
+# Provides the test-only binaries that tests/helpers/cluster.py and
+# tests/helpers/node.py start: etcd, kube-apiserver, kube-controller-manager,
+# kube-scheduler, kubectl, kwok and helm for the control plane; kubelet,
+# kube-proxy and pause (the sandbox process of the real node's pause image, built
+# from hack/pause/pause.go) for the real node of tests/e2e; oci-registry (an
+# in-memory OCI registry, go-containerregistry's) that the chart is pushed to and
+# installed from; kubeconform, which checks every manifest against Kubernetes'
+# schemas. Prints the directory that holds all of them; names given as arguments
+# limit it to those.
 #
 # For each binary, the first of:
 #   1. $MAILTRAP_TESTBINS (a directory), then $KUBEBUILDER_ASSETS, then PATH, if
@@ -10,6 +16,9 @@
 #      the pinned major.minor. A binary that does not fit is skipped, with a log line;
 #   2. the official release download a user with internet would get;
 #   3. a build from the Go module proxy with the installed Go.
+# pause, oci-registry and kubeconform are always built (the first two have no release
+# binaries), the last two again whenever their pin changes: a build from the module
+# proxy cannot tell its own version.
 # Downloads and builds are kept in ${XDG_CACHE_HOME:-~/.cache}/mailtrap-webhook/
 # testbins/<versions>/obtained, so the second run costs nothing. The printed
 # directory, bin/ next to it, links each name to the binary chosen this run.
@@ -67,6 +76,7 @@ version_fits() { # name path -> 0 when the binary's version is one hack/versions
   esac
   pin=$(grep -oE '[0-9]+\.[0-9]+' <<<"$pin" | head -1)
   case $name in
+    pause | oci-registry | kubeconform) return 1 ;; # only our own build
     kubectl) out=$(timeout 20 "$2" version --client 2>/dev/null) || true ;;
     helm) out=$(timeout 20 "$2" version --short 2>/dev/null) || true ;;
     *) out=$(timeout 20 "$2" --version 2>/dev/null) || true ;;
@@ -104,7 +114,7 @@ find_existing() { # name -> a fitting binary from the two directories or PATH, o
 download() { # name dir -> 0 when the official release landed in dir
   local name=$1 out=$2
   case $name in
-    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl)
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl | kubelet | kube-proxy)
       need sha256sum || return 1
       local url="https://dl.k8s.io/release/${KUBERNETES_VERSION}/bin/linux/${arch}/${name}"
       fetch "$url" "$out/$name.part" && fetch "$url.sha256" "$out/sum" || return 1
@@ -122,17 +132,21 @@ download() { # name dir -> 0 when the official release landed in dir
       need tar || return 1
       fetch "https://get.helm.sh/helm-${HELM_VERSION}-linux-${arch}.tar.gz" "$out/h.tgz" &&
         tar -xzf "$out/h.tgz" -C "$out" "linux-${arch}/helm" && mv "$out/linux-${arch}/helm" "$out/helm" || return 1 ;;
+    pause | oci-registry | kubeconform)
+      echo "built from source here" >&2
+      return 1 ;;
   esac
   chmod +x "$out/$name"
 }
 
-resolve() { # dir commands... -> runs the commands in dir once; a marker written last
+resolve() { # dir function -> runs the function in dir once; a marker written last
   # records success, so an interrupted `go get` (go.mod and go.sum already there)
-  # is resolved again instead of passing for done.
-  local dir=$1
-  shift
-  [ -f "$dir/.resolved" ] && return 0
-  mkdir -p "$dir" && (cd "$dir" && "$@") && touch "$dir/.resolved"
+  # is resolved again instead of passing for done. The marker holds the function's
+  # text: a recipe that changed (another command to build) resolves again.
+  local dir=$1 recipe
+  recipe=$(declare -f "$2")
+  [ "$(cat "$dir/.resolved" 2>/dev/null)" = "$recipe" ] && return 0
+  mkdir -p "$dir" && (cd "$dir" && "$2") && echo "$recipe" >"$dir/.resolved"
 }
 
 kube_get() { # in the wrapper module's directory: k8s.io/kubernetes replaces its
@@ -151,7 +165,9 @@ kube_get() { # in the wrapper module's directory: k8s.io/kubernetes replaces its
     go get "k8s.io/kubernetes/cmd/kube-apiserver@${KUBERNETES_VERSION}" \
       "k8s.io/kubernetes/cmd/kube-controller-manager@${KUBERNETES_VERSION}" \
       "k8s.io/kubernetes/cmd/kube-scheduler@${KUBERNETES_VERSION}" \
-      "k8s.io/kubernetes/cmd/kubectl@${KUBERNETES_VERSION}"
+      "k8s.io/kubernetes/cmd/kubectl@${KUBERNETES_VERSION}" \
+      "k8s.io/kubernetes/cmd/kubelet@${KUBERNETES_VERSION}" \
+      "k8s.io/kubernetes/cmd/kube-proxy@${KUBERNETES_VERSION}"
 }
 
 etcd_get() { # in its directory: etcd's own main module uses local replace directives;
@@ -170,7 +186,7 @@ build() { # name dir -> 0 when a from-source build landed in dir
   fi
   log "building $name from the Go module proxy (slow the first time; cached after)"
   case $name in
-    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl)
+    kube-apiserver | kube-controller-manager | kube-scheduler | kubectl | kubelet | kube-proxy)
       resolve "$cache/src/kubernetes" kube_get || return 1
       # Stamp the version as the release build does: the API server reports it at
       # /version, and kubectl and helm compare against it.
@@ -196,6 +212,16 @@ build() { # name dir -> 0 when a from-source build landed in dir
         flags+=" -X helm.sh/helm/v3/$pkg.k8sVersionMajor=1 -X helm.sh/helm/v3/$pkg.k8sVersionMinor=${kminor}"
       done
       GOBIN="$out" go install -trimpath -ldflags="$flags" "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" ;;
+    pause)
+      # Static, so the image holds this one file and nothing else.
+      CGO_ENABLED=0 go build -trimpath -ldflags="-s -w" -o "$out/pause" "$here/pause/pause.go" ;;
+    oci-registry)
+      GOBIN="$out" go install -trimpath -ldflags="-s -w" \
+        "github.com/google/go-containerregistry/cmd/registry@${GGCR_VERSION}" &&
+        mv "$out/registry" "$out/oci-registry" ;;
+    kubeconform)
+      GOBIN="$out" go install -trimpath -ldflags="-s -w" \
+        "github.com/yannh/kubeconform/cmd/kubeconform@${KUBECONFORM_VERSION}" ;;
   esac
 }
 
@@ -220,22 +246,40 @@ obtain() { # name -> obtained/<name>, downloaded or else built
   rm -rf "$out"
 }
 
+pinned() { # name -> the pin of a binary that cannot tell its version (else nothing)
+  case $1 in
+    oci-registry) echo "$GGCR_VERSION" ;;
+    kubeconform) echo "$KUBECONFORM_VERSION" ;;
+  esac
+}
+
 link() { # name target -> bin/<name> points at target, replaced in one rename
   [ "$(readlink "$bin/$1" || true)" = "$2" ] && return 0
   ln -sfn "$2" "$bin/.$1.link"
   mv -Tf "$bin/.$1.link" "$bin/$1"
 }
 
-names=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm)
+names=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwok helm kubelet kube-proxy pause oci-registry kubeconform)
 [ $# -gt 0 ] && names=("$@")
 for name in "${names[@]}"; do
   # Earlier versions of this script kept downloads and builds in bin/ itself.
   if [ -f "$bin/$name" ] && [ ! -L "$bin/$name" ] && [ ! -e "$obtained/$name" ]; then
     ln "$bin/$name" "$obtained/$name"
   fi
+  # pause is built from this checkout: an edited hack/pause/pause.go builds again.
+  if [ "$name" = pause ] && [ "$here/pause/pause.go" -nt "$obtained/pause" ]; then
+    rm -f "$obtained/pause"
+  fi
+  pin=$(pinned "$name")
+  if [ -n "$pin" ] && [ "$(cat "$obtained/.$name.version" 2>/dev/null)" != "$pin" ]; then
+    rm -f "$obtained/$name"
+  fi
   existing=$(find_existing "$name")
   if [ -z "$existing" ]; then
-    if [ ! -x "$obtained/$name" ]; then obtain "$name"; fi
+    if [ ! -x "$obtained/$name" ]; then
+      obtain "$name"
+      [ -z "$pin" ] || echo "$pin" >"$obtained/.$name.version"
+    fi
     existing="$obtained/$name"
   fi
   link "$name" "$existing"

@@ -26,8 +26,11 @@ from .mailtrap.client import DEFAULT_API_URL, api_url_from, check_api_url
 from .policy import IPNetwork, Policy, flag, ip_literal, is_snippet
 
 ENV_PREFIX: Final = "MAILTRAP_OPERATOR_"
-# The Helm chart passes its own image (which runs both programs) instead.
-DEFAULT_RECEIVER_IMAGE: Final = f"mailtrap-webhook-operator:{__version__}"
+# The receiver-only image released with this version (the Dockerfile's `receiver`
+# target); the Helm chart's receiver.image defaults to the same.
+DEFAULT_RECEIVER_IMAGE: Final = (
+    f"ghcr.io/mailtrap-webhook-operator/mailtrap-webhook-receiver:{__version__}"
+)
 LOG_FORMATS: Final = ("json", "console")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 PULL_POLICIES: Final = ("", "Always", "IfNotPresent", "Never")

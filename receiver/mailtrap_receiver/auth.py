@@ -11,7 +11,9 @@ comparison here is constant-time. Secrets come only from files (`SecretFile`), o
 per line so a secret can be rotated without downtime, and the files are re-read
 when they change: Kubernetes updates a mounted Secret by swapping a symlink, so
 `watch_secret_files` polls their content about once a second. Nothing here logs a
-secret, a signature or a credential.
+secret, a signature or a credential. `ClientAddresses` and `source_key` say who
+the client is (behind trusted proxies), for the gate and for `intake`'s limits per
+client.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Final
 
 import structlog
+from multidict import CIMultiDictProxy
 
 from .config import ConfigError, IPNetwork
 
@@ -40,6 +43,15 @@ log = structlog.get_logger("mailtrap_receiver.auth")
 def sign(body: bytes, *, secret: bytes) -> str:
     """Mailtrap's signature of a body: HMAC-SHA256, lowercase hex."""
     return hmac.digest(secret, body, "sha256").hex()
+
+
+def signature_in(headers: Mapping[str, str]) -> str | None:
+    """The signature a request carries, in the first of `SIGNATURE_HEADERS` that has one."""
+    for name in SIGNATURE_HEADERS:
+        value = headers.get(name)
+        if value:
+            return value
+    return None
 
 
 def signature_matches(body: bytes, signature: str, secrets: Sequence[bytes]) -> bool:
@@ -156,16 +168,14 @@ def _within(address: IPAddress, ranges: Sequence[IPNetwork]) -> bool:
     return any(address in network for network in ranges)
 
 
-class SourceGate:
-    """The source CIDR allow-list, with X-Forwarded-For from trusted proxies only."""
+class ClientAddresses:
+    """The client's address of a request: the peer, or, when the peer is a trusted
+    proxy, the right-most X-Forwarded-For entry that is not a trusted proxy."""
 
-    def __init__(self, *, allowed: Sequence[IPNetwork], trusted: Sequence[IPNetwork]) -> None:
-        self._allowed = tuple(allowed)
+    def __init__(self, trusted: Sequence[IPNetwork]) -> None:
         self._trusted = tuple(trusted)
 
-    def client_address(self, peer: str | None, forwarded_for: str | None) -> IPAddress | None:
-        """The client's address: the peer, or, when the peer is a trusted proxy, the
-        right-most X-Forwarded-For entry that is not a trusted proxy."""
+    def of(self, peer: str | None, forwarded_for: str | None) -> IPAddress | None:
         address = _parse_address(peer) if peer else None
         if address is None or not forwarded_for or not _within(address, self._trusted):
             return address
@@ -178,6 +188,39 @@ class SourceGate:
             address = hop
         return address
 
+
+def forwarded_for(headers: CIMultiDictProxy[str]) -> str:
+    """Every X-Forwarded-For line, in order, as one list.
+
+    RFC 9110 allows either form: a proxy may add a line of its own rather than
+    append to the client's, and then reading only the first would trust what the
+    client wrote there.
+    """
+    return ",".join(headers.getall("X-Forwarded-For", ()))
+
+
+def source_key(address: IPAddress | None) -> str:
+    """Whom a limit per client counts against: an IPv4 address, or an IPv6 address's
+    /64 (a single host usually holds a whole /64, so counting addresses inside it
+    would let one client count as many)."""
+    if address is None:
+        return "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class SourceGate:
+    """The source CIDR allow-list, with X-Forwarded-For from trusted proxies only."""
+
+    def __init__(self, *, allowed: Sequence[IPNetwork], trusted: Sequence[IPNetwork]) -> None:
+        self._allowed = tuple(allowed)
+        self._clients = ClientAddresses(trusted)
+
+    def client_address(self, peer: str | None, forwarded_for: str | None) -> IPAddress | None:
+        """See `ClientAddresses.of`."""
+        return self._clients.of(peer, forwarded_for)
+
     def allows(self, peer: str | None, forwarded_for: str | None) -> bool:
-        address = self.client_address(peer, forwarded_for)
+        address = self._clients.of(peer, forwarded_for)
         return address is not None and _within(address, self._allowed)

@@ -48,7 +48,9 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from .events import EventName
+from .events import MAX_FIELD_LENGTH, EventName
+from .parsing import MAX_EVENTS, MAX_JSON_DEPTH
+from .spoolfile import DEAD_LETTER_RETENTION, MAX_DEAD_LETTERS
 
 ENV_PREFIX: Final = "MAILTRAP_RECEIVER_"
 
@@ -242,7 +244,26 @@ class DeliveryConfig(_Model):
     )
     dedup_window: Seconds = 25 * 3600.0
     max_pending_events: Annotated[int, Field(ge=1)] = 1_000_000
+    max_dead_letters: Annotated[int, Field(ge=1)] = MAX_DEAD_LETTERS
+    dead_letter_retention: Seconds = DEAD_LETTER_RETENTION
     retry: RetryPolicy = RetryPolicy()
+
+
+class LimitsConfig(_Model):
+    """What one client may hold open or send to the webhook port (see the README's
+    "The webhook port on the open internet": each limit and what crossing it gets)."""
+
+    header_timeout: Seconds = 5.0
+    idle_timeout: Seconds = 620.0
+    max_connections: Annotated[int, Field(ge=1)] = 2048
+    body_timeout: Seconds = 30.0
+    min_body_rate: ByteSize = 16 * 1024
+    max_body_reads_per_source: Annotated[int, Field(ge=1)] = 32
+    max_body_memory: ByteSize = 64 * 1024 * 1024
+    max_events_per_request: Annotated[int, Field(ge=1, le=100_000)] = MAX_EVENTS
+    # Below orjson's 254 levels, which storing and forwarding an event rely on.
+    max_json_depth: Annotated[int, Field(ge=2, le=200)] = MAX_JSON_DEPTH
+    max_field_length: Annotated[int, Field(ge=36, le=65536)] = MAX_FIELD_LENGTH
 
 
 class LoggingConfig(_Model):
@@ -269,6 +290,7 @@ class ReceiverConfig(_Model):
     trusted_proxy_ranges: Annotated[list[CIDR], Field(max_length=64)] = []
     max_body_size: ByteSize = 1024 * 1024
     max_in_flight_requests: Annotated[int, Field(ge=1)] = 1024
+    limits: LimitsConfig = LimitsConfig()
     logging: LoggingConfig = LoggingConfig()
     # Written by the operator (OPERATOR_INJECTED_KEYS): addresses targets may not be
     # at, checked after name resolution (see egress).

@@ -12,10 +12,13 @@ there themselves), listed and replayed with ``mailtrap-receiver dlq``:
         async def add(self, letters: Sequence[DeadLetter]) -> None: ...
         async def entries(self, *, limit: int = 100) -> list[DeadLetter]: ...
 
-`add` raising means the letters were not kept; `app` then answers 503 so Mailtrap
-sends the request again. `MemoryDeadLetterStore` is the in-process implementation
-of ack mode ``delivered`` (which keeps nothing on disk): bounded, and it logs every
-letter it takes and every one it has to evict.
+`add` takes the invalid events of one request, kept together or not at all; raising
+means they were not kept (`DeadLettersFull` when the store holds its maximum,
+``delivery.maxDeadLetters``), and `app` then answers 503 so Mailtrap sends the
+request again. `MemoryDeadLetterStore` is the in-process implementation of ack mode
+``delivered`` (which keeps nothing on disk): the newest `DEFAULT_MAX_LETTERS`,
+evicting the oldest. Either store writes one log line per request
+(`log_dead_letters`), never one per letter: a request may hold a thousand.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 import structlog
+
+from .logs import MAX_IDS_LOGGED
 
 DEFAULT_MAX_LETTERS: Final = 10_000
 
@@ -44,15 +49,26 @@ class DeadLetter:
     target: str | None = None  # None: refused on receipt, before any target
 
 
-def log_dead_letter(letter: DeadLetter) -> None:
-    """The warning every store writes for a letter it keeps (never the event itself)."""
-    log.warning(
-        "dead letter",
-        key=letter.key,
-        reason=letter.reason,
-        detail=letter.detail,
-        target=letter.target,
-    )
+class DeadLettersFull(Exception):
+    """The store holds its maximum: these letters were not kept."""
+
+
+def log_dead_letters(letters: Sequence[DeadLetter], *, evicted: int = 0) -> None:
+    """The one warning a store writes for the letters of a request it keeps: how many,
+    why, and the keys and details of the first few (never the events themselves)."""
+    reasons: dict[str, int] = {}
+    for letter in letters:
+        reasons[letter.reason] = reasons.get(letter.reason, 0) + 1
+    head = letters[:MAX_IDS_LOGGED]
+    fields: dict[str, object] = {
+        "count": len(letters),
+        "reasons": reasons,
+        "keys": [letter.key for letter in head],
+        "details": sorted({letter.detail for letter in head}),
+    }
+    if evicted:
+        fields["evicted"] = evicted
+    log.warning("dead letters", **fields)
 
 
 class DeadLetterStore(Protocol):
@@ -70,12 +86,9 @@ class MemoryDeadLetterStore:
         self._letters: deque[DeadLetter] = deque(maxlen=max_letters)
 
     async def add(self, letters: Sequence[DeadLetter]) -> None:
-        for letter in letters:
-            if len(self._letters) == self._letters.maxlen:
-                evicted = self._letters[0]
-                log.warning("dead letter evicted", key=evicted.key, reason=evicted.reason)
-            self._letters.append(letter)
-            log_dead_letter(letter)
+        room = (self._letters.maxlen or 0) - len(self._letters)
+        self._letters.extend(letters)
+        log_dead_letters(letters, evicted=max(0, len(letters) - room))
 
     async def entries(self, *, limit: int = 100) -> list[DeadLetter]:
         """The newest ``limit`` letters, oldest first."""

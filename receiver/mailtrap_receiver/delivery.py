@@ -48,10 +48,11 @@ import structlog
 from . import egress
 from .admin import Lifecycle
 from .config import ReceiverConfig, RetryPolicy
-from .deadletters import DeadLetter, DeadLetterStore, MemoryDeadLetterStore, log_dead_letter
+from .deadletters import DeadLetter, DeadLetterStore, MemoryDeadLetterStore, log_dead_letters
 from .dedup import DedupCache
 from .events import Event, EventName
 from .metrics import Metrics
+from .recovery import Recovery
 from .retry import backoff
 from .sinks import (
     Attempt,
@@ -287,6 +288,11 @@ class TargetWorker:
         if kind == "delivered":
             return [Outcome("delivered", target, job.payload, job.attempts + 1) for job in jobs]
         answer = f"HTTP {attempt.status}" if attempt.status is not None else attempt.error
+        policy = self.policy
+        now = self._clock()
+        # When a dead outcome is held back (the dead letters are full), its event is
+        # tried again at the longest backoff.
+        held_until = now + policy.max_backoff
         if kind == "dead":
             reason: DeadReason = "rejected"
             detail = f"the target refused the event ({answer})"
@@ -299,6 +305,7 @@ class TargetWorker:
                     target,
                     job.payload,
                     job.attempts + 1,
+                    next_attempt_at=held_until,
                     status=attempt.status,
                     error=attempt.error,
                     response=attempt.response,
@@ -307,8 +314,6 @@ class TargetWorker:
                 )
                 for job in jobs
             ]
-        policy = self.policy
-        now = self._clock()
         outcomes = []
         for job in jobs:
             attempts = job.attempts + 1
@@ -319,6 +324,7 @@ class TargetWorker:
                         target,
                         job.payload,
                         attempts,
+                        next_attempt_at=held_until,
                         status=attempt.status,
                         error=attempt.error,
                         response=attempt.response,
@@ -368,8 +374,7 @@ class SpoolDeadLetterStore:
 
     async def add(self, letters: Sequence[DeadLetter]) -> None:
         await self._spool.add_dead_letters(letters)
-        for letter in letters:
-            log_dead_letter(letter)
+        log_dead_letters(letters)
 
     async def entries(self, *, limit: int = 100) -> list[DeadLetter]:
         """The newest ``limit`` letters, oldest first."""
@@ -416,7 +421,11 @@ class SpoolSink:
             dedup_window=config.delivery.dedup_window,
             on_commit=self._committed,
             on_failure=self._failed,
+            max_dead_letters=config.delivery.max_dead_letters,
+            dead_letter_retention=config.delivery.dead_letter_retention,
+            routes=self._targets_of,
         )
+        self._expired = 0
         self.dead_letters = SpoolDeadLetterStore(self.spool)
         self._session: aiohttp.ClientSession | None = None
         self.workers = {
@@ -442,6 +451,18 @@ class SpoolSink:
 
     async def start(self) -> None:
         await self.spool.open()
+        recovered = self.spool.recovered
+        if recovered is not None:
+            summary = Recovery(**recovered).summary()
+            self._metrics.spool_corruptions_total.inc()
+            log.error("spool recovered from corruption", **recovered)
+            if self._lifecycle is not None:
+                self._lifecycle.warnings.append(summary)
+        self._expired = self.spool.expired
+        self._metrics.dead_letters_stored.set_function(lambda: self.spool.dead_letters)
+        self._metrics.store_writable.set_function(lambda: self.spool.unwritable is None)
+        if self._lifecycle is not None:
+            self._lifecycle.checks.append(self._cannot_write)
         for target, count in self.spool.removed.items():
             self._metrics.dead_letter(target, "target_removed", count)
         self._session = new_session(self._routes.denied)
@@ -481,7 +502,13 @@ class SpoolSink:
             filtered=filtered,
         )
 
+    def _cannot_write(self) -> str | None:
+        unwritable = self.spool.unwritable
+        return None if unwritable is None else f"the spool cannot write: {unwritable}"
+
     def _failed(self, reason: str) -> None:
+        if self.spool.corrupt is not None:
+            self._metrics.spool_corruptions_total.inc()
         if self._lifecycle is not None:
             self._lifecycle.failure = reason
 
@@ -493,10 +520,22 @@ class SpoolSink:
             for target in targets:
                 workers[target].offer(payload)
         metrics = self._metrics
+        held: dict[str, int] = {}
         for outcome in outcomes:
             workers[outcome.target].recorded(outcome)
             if outcome.kind == "dead" and outcome.reason is not None:
                 metrics.dead_letter(outcome.target, outcome.reason)
+            elif outcome.held:
+                held[outcome.target] = held.get(outcome.target, 0) + 1
+        for target, count in held.items():
+            metrics.dead_letters_held(target, count)
+        if held:
+            log.warning(
+                "dead-letter store full: events given up on stay pending",
+                held=held,
+                dead_letters=self.spool.dead_letters,
+                max_dead_letters=self.spool.max_dead_letters,
+            )
 
     async def _refresh_metrics(self) -> None:
         names = list(self.workers)
@@ -509,6 +548,11 @@ class SpoolSink:
                 oldest = {}
             now = time.time()
             depth = self.spool.depth
+            expired = self.spool.expired - self._expired
+            if expired > 0:
+                self._metrics.dead_letters_expired(expired)
+                log.info("dead letters expired", count=expired, kept=self.spool.dead_letters)
+            self._expired = self.spool.expired
             for name in names:
                 received = oldest.get(name)
                 self._metrics.pending(

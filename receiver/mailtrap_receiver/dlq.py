@@ -12,6 +12,10 @@ file: SQLite's WAL lets it read beside the server, and its writes wait (up to
   it starts. Invalid events (no target) are skipped;
 - ``purge`` deletes letters.
 
+``replay`` and ``purge`` make room in a store that holds ``delivery.maxDeadLetters``;
+a running receiver recounts within `spoolfile.MAINTENANCE_INTERVAL` and takes dead
+letters again from then on.
+
 ``--target NAME`` and ``--id N`` (repeatable) narrow each command.
 """
 

@@ -21,6 +21,11 @@ dead-letter store). Each of Mailtrap's three families has its own rules:
 Events of a name this table does not know become ``unknown``: they are kept and go to
 targets without an event filter. Where an event has no ``event_id`` its
 de-duplication key is a stable hash of its content.
+
+Whatever the family, the fields the receiver keys on, stores beside the event or
+logs (`BOUNDED_FIELDS`) are at most ``limits.maxFieldLength`` characters: a longer
+one makes the event invalid (``invalid_field``), so a sender cannot make keys, rows
+and log lines of any size.
 """
 
 from __future__ import annotations
@@ -86,6 +91,12 @@ FAMILIES: Final[Mapping[EventName, Family]] = {
 # Bounded reason codes of invalid events: metric label values and dead-letter reasons.
 InvalidReason = Literal["not_object", "missing_field", "invalid_field"]
 INVALID_REASONS: Final[tuple[InvalidReason, ...]] = get_args(InvalidReason)
+
+# Fields that become keys, columns or log values, and the default of
+# limits.maxFieldLength (config.LimitsConfig): a UUID is 36 characters, an email
+# address at most 254.
+BOUNDED_FIELDS: Final = ("event", "event_id", "message_id", "inbox_id", "email")
+MAX_FIELD_LENGTH: Final = 256
 
 # Epoch values at or above this are milliseconds: as seconds it would be the year
 # 5138, as milliseconds it is March 1973, before Mailtrap existed.
@@ -207,10 +218,6 @@ def _is_id(value: object) -> bool:
     )
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _is_text(value: object) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
@@ -245,7 +252,7 @@ _REQUIRED: Final[Mapping[Family, tuple[tuple[str, Callable[[object], bool]], ...
 }
 
 
-def classify(data: object) -> Event | Invalid:
+def classify(data: object, *, max_field_length: int = MAX_FIELD_LENGTH) -> Event | Invalid:
     """Validate one received object by the rules of its family."""
     if not isinstance(data, dict):
         return Invalid("not_object", "event is not a JSON object", data, content_hash(data))
@@ -254,6 +261,11 @@ def classify(data: object) -> Event | Invalid:
         return Invalid("missing_field", "missing field: event", data, content_hash(data))
     if not isinstance(wire, str) or not wire.strip():
         return Invalid("invalid_field", "invalid field: event", data, content_hash(data))
+    for field in BOUNDED_FIELDS:
+        value = data.get(field)
+        if isinstance(value, str) and len(value) > max_field_length:
+            detail = f"invalid field: {field} (longer than {max_field_length} characters)"
+            return Invalid("invalid_field", detail, data, content_hash(data))
     name = canonical_name(wire)
     for field, check in _REQUIRED[FAMILIES[name]]:
         value = data.get(field)

@@ -17,7 +17,8 @@ itself skips structlog's machinery (`emit`) and is rendered straight from its
 fields, in the same shape.
 
 `app` writes one line per request (`request_fields` picks the event ids, message
-ids and addresses of the first few events), the sinks one per delivery. Nothing
+ids and addresses of the first few events, which `events.classify` bounds, and
+`clip` cuts the other values a client chose), the sinks one per delivery. Nothing
 logs a secret, a signature or a credential; with ``redactEmails`` an address is
 replaced by `redact_email`'s short hash, stable so lines about one recipient can
 still be matched.
@@ -36,12 +37,15 @@ from typing import Any, Final
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .events import Event
 
 _BUFFER_SIZE: Final = 64 * 1024
 # Enough ids to find a request's events in a target's logs without unbounded lines.
 MAX_IDS_LOGGED: Final = 5
+# What a log line keeps of a value a client chose (a path, a Content-Type).
+MAX_LOGGED_CHARS: Final = 200
 
 _LEVELS: Final = {
     "debug": logging.DEBUG,
@@ -170,9 +174,25 @@ def configure_logging(*, format: str = "json", level: str = "info") -> None:
             ],
         )
     )
+    handler.addFilter(_NoRequestInTracebacks())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS[level])
+
+
+class _NoRequestInTracebacks(logging.Filter):
+    """aiohttp logs a request it could not parse with the error's traceback, whose
+    message quotes the offending line (a credential, maybe). The webhook port
+    answers those itself (`connections`); this keeps any other port's from leaking:
+    the record stays, its traceback goes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.exc_info = None
+            record.exc_text = None
+            record.msg = f"{record.msg} ({type(error).__name__})"
+        return True
 
 
 def _text_renderer(renderer: Any) -> Any:
@@ -182,6 +202,11 @@ def _text_renderer(renderer: Any) -> Any:
         return rendered.decode() if isinstance(rendered, bytes) else str(rendered)
 
     return render
+
+
+def clip(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    """``text``, cut to ``limit`` characters (marked with an ellipsis) when longer."""
+    return text if len(text) <= limit else text[:limit] + "\u2026"
 
 
 def redact_email(address: str) -> str:

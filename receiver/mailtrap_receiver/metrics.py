@@ -40,6 +40,23 @@ AUTH_FAILURE_REASONS: Final = (
     "signature_missing",
     "signature_invalid",
 )
+# Reasons of refused_total: the limits of the webhook port (`connections`, `intake`,
+# `parsing`, `app`), each an error code of the answer (or of a connection closed
+# without one).
+REFUSAL_REASONS: Final = (
+    "header_timeout",
+    "connection_limit",
+    "malformed_request",
+    "body_too_large",
+    "body_timeout",
+    "body_too_slow",
+    "source_busy",
+    "receiver_busy",
+    "too_many_requests",
+    "too_many_events",
+    "nesting_too_deep",
+    "dead_letters_full",
+)
 # Outcomes of deliveries_total: the target answered 2xx, answered something else, or
 # could not be reached (connection error or timeout).
 DELIVERY_OUTCOMES: Final = ("delivered", "rejected", "error")
@@ -78,6 +95,23 @@ class Metrics:
             PREFIX + "auth_failures_total",
             "Requests refused by a gate, by reason.",
             ["reason"],
+            registry=r,
+        )
+        self.refused_total = Counter(
+            PREFIX + "refused_total",
+            "Requests and connections refused by a limit of the webhook port, by reason "
+            "(the error code answered, or the reason a connection was closed).",
+            ["reason"],
+            registry=r,
+        )
+        self.open_connections = Gauge(
+            PREFIX + "open_connections",
+            "Connections open on the webhook port.",
+            registry=r,
+        )
+        self.arriving_body_bytes = Gauge(
+            PREFIX + "arriving_body_bytes",
+            "Bytes that the bodies still arriving count against limits.maxBodyMemory.",
             registry=r,
         )
         self.duplicates = Counter(
@@ -123,6 +157,37 @@ class Metrics:
             ["target", "reason"],
             registry=r,
         )
+        self.store_writable = Gauge(
+            PREFIX + "store_writable",
+            "1 while the spool can be written, 0 while its writes fail (a full disk, say; "
+            "/readyz fails meanwhile). Durable mode.",
+            registry=r,
+        )
+        self.store_writable.set(1)
+        self.spool_corruptions_total = Counter(
+            PREFIX + "spool_corruptions",
+            "Times the spool was found damaged: at start (then moved aside and what is "
+            "readable recovered) or while running (then the receiver fails its probes, "
+            "so a restart recovers it). Durable mode.",
+            registry=r,
+        )
+        self.dead_letters_stored = Gauge(
+            PREFIX + "dead_letters_stored",
+            "Dead letters kept in the spool (at most delivery.maxDeadLetters; durable mode).",
+            registry=r,
+        )
+        self.dead_letters_expired_total = Counter(
+            PREFIX + "dead_letters_expired",
+            "Dead letters deleted after delivery.deadLetterRetention.",
+            registry=r,
+        )
+        self.dead_letters_held_total = Counter(
+            PREFIX + "dead_letters_held",
+            "Events a target gave up on that stayed pending (tried again later) because "
+            "the dead-letter store was full, by target.",
+            ["target"],
+            registry=r,
+        )
         self.end_to_end_lag = Histogram(
             PREFIX + "end_to_end_lag_seconds",
             "From an event's own timestamp to its acknowledgement by a target.",
@@ -137,6 +202,7 @@ class Metrics:
             name: self.events_received.labels(name) for name in CANONICAL_EVENTS
         }
         self._auth = {reason: self.auth_failures.labels(reason) for reason in AUTH_FAILURE_REASONS}
+        self._refused = {reason: self.refused_total.labels(reason) for reason in REFUSAL_REASONS}
         self._invalid: dict[str, Counter] = {
             reason: self.invalid_events.labels(reason) for reason in INVALID_REASONS
         }
@@ -157,6 +223,9 @@ class Metrics:
 
     def auth_failed(self, reason: str) -> None:
         self._auth[reason].inc()
+
+    def refused(self, reason: str) -> None:
+        self._refused[reason].inc()
 
     def duplicates_seen(self, count: int) -> None:
         if count:
@@ -192,6 +261,12 @@ class Metrics:
         if child is None:
             child = self._dead_letters[(target, reason)] = self.dead_letters.labels(target, reason)
         child.inc(count)
+
+    def dead_letters_held(self, target: str, count: int) -> None:
+        self.dead_letters_held_total.labels(target).inc(count)
+
+    def dead_letters_expired(self, count: int) -> None:
+        self.dead_letters_expired_total.inc(count)
 
     def pending(self, target: str, *, depth: int, oldest_age: float) -> None:
         """A target's queue, as the durable sink last saw it."""

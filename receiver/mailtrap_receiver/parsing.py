@@ -16,7 +16,13 @@ object it returns then goes through `events.classify`. Accepted formats:
 Any other type is `UnsupportedMediaType` (415); a body that cannot be read in the
 format it claims is `MalformedBody` (400). Items that parse but are not event
 objects are returned as they are, so they become invalid events rather than failing
-the whole batch. Parsing uses orjson, which rejects invalid UTF-8 and deep nesting.
+the whole batch. Parsing uses orjson, which rejects invalid UTF-8.
+
+Even a signed body is bounded (``limits`` of the config): a JSON body nested deeper
+than ``maxJsonDepth`` is `NestedTooDeep` (400), found by `check_depth` on the raw
+bytes before anything parses or recurses into it (orjson serialises at most 254
+levels, and the receiver serialises events again to store, hash and forward them);
+more than ``maxEventsPerRequest`` items is `TooManyEvents` (413).
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ JSON_LINES_TYPES: Final = frozenset(
 FORM_TYPES: Final = frozenset({"application/x-www-form-urlencoded"})
 SNIFFED_TYPES: Final = frozenset({"", "application/octet-stream", "text/plain"})
 
+# Defaults of limits.maxJsonDepth and limits.maxEventsPerRequest (config.LimitsConfig).
+MAX_JSON_DEPTH: Final = 32
+MAX_EVENTS: Final = 1000
 # A form body is one event of a dozen fields; this only stops hostile bodies early.
 _MAX_FORM_FIELDS: Final = 1000
 # The largest number a form value becomes (what JSON parsers and orjson take).
@@ -64,6 +73,60 @@ class UnsupportedMediaType(BodyError):
     code = "unsupported_media_type"
 
 
+class NestedTooDeep(BodyError):
+    """JSON nested deeper than the limit (400)."""
+
+    code = "nesting_too_deep"
+
+
+class TooManyEvents(BodyError):
+    """More items in one body than the limit (413)."""
+
+    status = 413
+    code = "too_many_events"
+
+
+# Every byte but a quote and the four brackets, for bytes.translate to delete.
+_NOT_STRUCTURE: Final = bytes(set(range(256)) - set(b'"[]{}'))
+_OPEN_CLOSE: Final = bytes.maketrans(b"[{]}", b"(())")
+
+
+def check_depth(body: bytes, limit: int) -> None:
+    """Raise `NestedTooDeep` when JSON ``body`` (a document, or JSON Lines) nests
+    objects and arrays more than ``limit`` deep; cheap, and no recursion.
+
+    Escaped backslashes and quotes go first (most bodies have no backslash at all),
+    then everything but quotes and brackets: a short skeleton, from which a body
+    with no more opening brackets than ``limit`` passes at once (a single event
+    does). Otherwise string contents go (what lies between quotes); of the brackets
+    left, each pass removes the innermost pairs, so a body ``limit`` deep is empty
+    after ``limit`` passes. Whatever remains is too deep, or broken JSON, which the
+    parser then reports.
+
+    Strings rarely hold brackets, and then each is a bare pair of quotes in the
+    skeleton: removing adjacent pairs, left to right, removes them all. A string
+    that holds a bracket leaves a quote behind (its opening quote is followed by
+    the bracket, and every quote before it was paired already), and only then are
+    strings cut out one by one, which costs an object per string.
+    """
+    if b"\\" in body:
+        body = body.replace(b"\\\\", b"").replace(b'\\"', b"")
+    skeleton = body.translate(None, _NOT_STRUCTURE)
+    if skeleton.count(b"[") + skeleton.count(b"{") <= limit:
+        return
+    structure = skeleton.replace(b'""', b"")
+    if b'"' in structure:
+        structure = b"".join(skeleton.split(b'"')[::2])
+    structure = structure.translate(_OPEN_CLOSE)
+    for _ in range(limit):
+        shorter = structure.replace(b"()", b"")
+        if len(shorter) == len(structure):
+            break
+        structure = shorter
+    if structure and structure.count(b"(") == structure.count(b")"):
+        raise NestedTooDeep(f"the JSON nests objects and arrays deeper than {limit} levels")
+
+
 def media_type(content_type: str | None) -> str:
     """The bare media type of a Content-Type header, lowercased, without parameters."""
     if not content_type:
@@ -71,18 +134,37 @@ def media_type(content_type: str | None) -> str:
     return content_type.partition(";")[0].strip().lower()
 
 
-def parse_events(body: bytes, *, content_type: str | None) -> list[object]:
+def parse_events(
+    body: bytes,
+    *,
+    content_type: str | None,
+    max_depth: int = MAX_JSON_DEPTH,
+    max_events: int = MAX_EVENTS,
+) -> list[object]:
     """The raw event objects of a request body (see the module docstring)."""
     kind = media_type(content_type)
-    if kind in JSON_TYPES or kind.endswith("+json"):
-        return _parse_json(body)
-    if kind in JSON_LINES_TYPES:
-        return _parse_json_lines(body)
     if kind in FORM_TYPES:
         return _parse_form(body)
-    if kind in SNIFFED_TYPES:
-        return _sniff(body)
-    raise UnsupportedMediaType(
+    if kind in JSON_TYPES or kind.endswith("+json"):
+        check_depth(body, max_depth)
+        events = _parse_json(body)
+    elif kind in JSON_LINES_TYPES:
+        check_depth(body, max_depth)
+        events = _parse_json_lines(body)
+    elif kind in SNIFFED_TYPES:
+        check_depth(body, max_depth)
+        events = _sniff(body)
+    else:
+        raise _unsupported(kind)
+    if len(events) > max_events:
+        raise TooManyEvents(
+            f"the body holds {len(events)} events; at most {max_events} are accepted at once"
+        )
+    return events
+
+
+def _unsupported(kind: str) -> UnsupportedMediaType:
+    return UnsupportedMediaType(
         f"unsupported Content-Type {kind!r}; send application/json, application/jsonl, "
         "application/x-ndjson or application/x-www-form-urlencoded"
     )

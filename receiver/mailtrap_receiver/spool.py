@@ -18,7 +18,13 @@ their spool ids) and the outcomes, and then the requests' futures resolve.
 If the writer process exits (it does when one of its threads fails), or handling
 its answers here raises, every waiting request fails (503), `failure` says why,
 and ``on_failure`` is told (the receiver then fails its liveness probe, so the
-container restarts and the spool, on its volume, is opened again).
+container restarts and the spool, on its volume, is opened again). The writer
+exits so, after telling why, when it finds the file damaged (`corrupt`); opening it
+again then moves it aside and recovers what is readable (`recovery`, reported in
+`recovered`). While the file
+cannot be written (a full disk: each write fails, and the writer probes with a
+small write when idle), `unwritable` says why, and the receiver fails its
+readiness probe until a write works again.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import socket
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, cast
@@ -38,10 +44,22 @@ from typing import Any, Final, Literal, cast
 import orjson
 import structlog
 
-from .deadletters import DeadLetter
+from .deadletters import DeadLetter, DeadLettersFull
 from .events import Event, EventName, timestamp_seconds
 from .sinks import Payload, SinkUnavailable
-from .spoolfile import FRAME_HEADER, LetterRow, OutcomeRow, SpoolError, StoreRow, encode_frame
+from .spoolfile import (
+    DEAD_LETTER_RETENTION,
+    FRAME_HEADER,
+    MAX_DEAD_LETTERS,
+    LetterRow,
+    OutcomeRow,
+    SpoolError,
+    SpoolState,
+    StoreRow,
+    WriterSettings,
+    Written,
+    encode_frame,
+)
 
 # A write waits this long for more requests to join it: fewer, larger transactions
 # (each costs two system calls here, a transaction and an fsync there) for a little
@@ -86,7 +104,9 @@ class Outcome:
     """What happened to one event for one target; the writer records it.
 
     ``delivered``: the row goes. ``retry``: ``attempts`` and ``next_attempt_at`` are
-    stored with the failure. ``dead``: the event becomes a dead letter (``reason``).
+    stored with the failure. ``dead``: the event becomes a dead letter (``reason``),
+    unless the dead letters are full: then the writer holds it back, it stays pending
+    until ``next_attempt_at``, and its commit turns it into a ``retry`` (``held``).
     """
 
     kind: Literal["delivered", "retry", "dead"]
@@ -99,6 +119,7 @@ class Outcome:
     response: str | None = None
     reason: DeadReason | None = None
     detail: str = ""
+    held: bool = False
 
     def row(self) -> OutcomeRow:
         return (
@@ -170,10 +191,21 @@ class Spool:
         dedup_window: float,
         on_commit: CommitListener,
         on_failure: Callable[[str], None] | None = None,
+        max_dead_letters: int = MAX_DEAD_LETTERS,
+        dead_letter_retention: float = DEAD_LETTER_RETENTION,
+        routes: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.path = Path(path)
         self._targets = tuple(targets)
-        self._window = dedup_window
+        self._settings = WriterSettings(
+            path=str(self.path),
+            targets=self._targets,
+            dedup_window=dedup_window,
+            max_dead_letters=max_dead_letters,
+            dead_letter_retention=dead_letter_retention,
+            routes={name: tuple(names) for name, names in (routes or {}).items()},
+        )
+        self.max_dead_letters = max_dead_letters
         self._on_commit = on_commit
         self._on_failure = on_failure
         self._queued = _Write()
@@ -193,9 +225,17 @@ class Spool:
         self.commits = 0
         self.pending_events = 0
         self.depth: dict[str, int] = dict.fromkeys(self._targets, 0)
+        self.dead_letters = 0
+        self.expired = 0
+        # Why the writer's last write failed (a full disk, say); None once one works.
+        self.unwritable: str | None = None
         # Dead letters made at open of the pending events of targets no longer
         # configured, per target.
         self.removed: dict[str, int] = {}
+        # The report of a corrupt file recovered at open (`recovery.Recovery`), and
+        # the damage the writer found while running (it then exits).
+        self.recovered: dict[str, Any] | None = None
+        self.corrupt: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -211,9 +251,7 @@ class Spool:
                     "-m",
                     "mailtrap_receiver.spoolfile",
                     str(theirs.fileno()),
-                    str(self.path),
-                    repr(self._window),
-                    *self._targets,
+                    self._settings.encode(),
                 ],
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
@@ -228,7 +266,8 @@ class Spool:
         if first[0] != "ready":
             await self._reap()
             raise SpoolError(first[1])
-        _, self.pending_events, self.depth, self.removed = first
+        _, state, self.removed, self.recovered = first
+        self._apply(state)
         self._receiver = asyncio.create_task(self._receive(reader), name="spool-receiver")
         log.info(
             "spool open",
@@ -302,13 +341,26 @@ class Spool:
         return future
 
     def add_dead_letters(self, letters: Sequence[DeadLetter]) -> asyncio.Future[None]:
+        """Queue one request's invalid events, to be stored together; the future
+        fails with `deadletters.DeadLettersFull` when they do not fit."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.failure is not None:
             future.set_exception(SpoolWriteFailed(self.failure))
             return future
+        if self.dead_letters + len(letters) > self.max_dead_letters:
+            # Full as the writer last counted: no need to ask it (it checks again).
+            future.set_exception(self._full(len(letters)))
+            return future
         self._queued.letters.append(([letter_row(letter) for letter in letters], future))
         self._kick()
         return future
+
+    def _full(self, count: int) -> DeadLettersFull:
+        return DeadLettersFull(
+            f"the dead-letter store holds {self.dead_letters} of "
+            f"{self.max_dead_letters} (delivery.maxDeadLetters); "
+            f"{count} invalid events do not fit"
+        )
 
     def record(self, outcomes: list[Outcome]) -> None:
         """Queue delivery outcomes for the next commit (``on_commit`` reports it)."""
@@ -338,7 +390,7 @@ class Spool:
                     "write",
                     self._seq,
                     [rows for rows, _ in batch.stores],
-                    [row for rows, _ in batch.letters for row in rows],
+                    [rows for rows, _ in batch.letters],
                     [outcome.row() for outcome in batch.outcomes],
                 )
             )
@@ -348,14 +400,30 @@ class Spool:
             log.exception("sending a write to the spool writer failed")
             self._fail(f"the spool receiver failed: {type(error).__name__}: {error}")
 
+    def _apply(self, state: SpoolState) -> None:
+        (
+            self.pending_events,
+            self.depth,
+            self.commits,
+            self.dead_letters,
+            self.expired,
+            unwritable,
+        ) = state
+        if unwritable != self.unwritable:
+            if unwritable is None:
+                log.info("spool writable again", path=str(self.path))
+            else:
+                log.error("spool cannot write", path=str(self.path), error=unwritable)
+        self.unwritable = unwritable
+
     def _written(self, message: tuple[Any, ...]) -> None:
-        _, _, ids, error, pending_events, depth, commits = message
+        _, _, written, error, state = message
         if not self._in_flight:  # pragma: no cover - the writer answers only what it was sent
             return
         batch = self._in_flight.popleft()
-        self.pending_events, self.depth, self.commits = pending_events, depth, commits
+        self._apply(state)
         try:
-            self._settle(batch, ids, error)
+            self._settle(batch, written, error)
         except BaseException:
             # Back in flight, so that `_fail` fails the requests still waiting for it.
             self._in_flight.appendleft(batch)
@@ -365,17 +433,22 @@ class Spool:
         else:
             self._idle.set()
 
-    def _settle(self, batch: _Write, ids: list[list[int]] | None, error: str | None) -> None:
+    def _settle(self, batch: _Write, written: Written | None, error: str | None) -> None:
         """Answer one write's requests and hand its events and outcomes on."""
-        if error is not None:
+        if error is not None or written is None:
             log.error("spool write failed", error=error, requests=len(batch.stores))
             batch.fail(SpoolWriteFailed(f"the spool cannot store events: {error}"))
             # Outcomes are worth another try with the next write.
             self._queued.outcomes[:0] = batch.outcomes
         else:
+            if written.held:
+                held = set(written.held)
+                for outcome in batch.outcomes:
+                    if outcome.kind == "dead" and outcome.payload.spool_id in held:
+                        outcome.kind, outcome.held = "retry", True
             stored: list[StoredEntry] = []
             results = []
-            for (rows, _), row_ids in zip(batch.stores, ids or (), strict=True):
+            for (rows, _), row_ids in zip(batch.stores, written.ids, strict=True):
                 accepted = 0
                 for (key, name, body, occurred_at, message_id, targets), spool_id in zip(
                     rows, row_ids, strict=True
@@ -392,8 +465,13 @@ class Spool:
             for (_, future), result in zip(batch.stores, results, strict=True):
                 if not future.done():
                     future.set_result(result)
-            for _, letter_future in batch.letters:
-                if not letter_future.done():
+            refused = set(written.refused)
+            for index, (letter_rows, letter_future) in enumerate(batch.letters):
+                if letter_future.done():
+                    continue
+                if index in refused:
+                    letter_future.set_exception(self._full(len(letter_rows)))
+                else:
                     letter_future.set_result(None)
 
     # -- reads -------------------------------------------------------------------------
@@ -437,6 +515,15 @@ class Spool:
                             future.set_result(result)
                         else:
                             future.set_exception(SpoolError(error))
+                elif kind == "state":
+                    self._apply(message[1])
+                elif kind == "corrupt":
+                    self.corrupt = message[1]
+                    self._fail(
+                        f"the spool is corrupt ({self.corrupt}); restarting the receiver "
+                        "moves it aside and recovers what is readable"
+                    )
+                    return
                 elif kind == "stopped":
                     self.pending_events = message[1]
                     return
@@ -452,6 +539,8 @@ class Spool:
             self._fail("the spool writer process exited unexpectedly")
 
     def _fail(self, reason: str) -> None:
+        if self.failure is not None:  # the first reason is the one that tells
+            return
         self.failure = reason
         log.error("spool failed", reason=reason)
         failure = SpoolWriteFailed(reason)

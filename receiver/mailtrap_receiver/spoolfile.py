@@ -33,6 +33,21 @@ older file, or an empty one, up to date, one transaction per version):
 - ``dedup``: keys seen and when they expire (indexed by expiry for pruning);
 - ``dead_letters``: events given up on (target, reason, last status and answer,
   attempts, the event itself) and invalid events (no target).
+
+Damage. Opening the file runs SQLite's integrity check (``PRAGMA quick_check``,
+every page read); a damaged file is `SpoolCorrupt`, and the writer process moves
+it aside and copies what is readable into a fresh one (`recovery`) before it
+opens. A read or write that fails in a way damage could cause runs the same check
+(`looks_corrupt`, at most every `CHECK_INTERVAL`); damage found while running
+makes the writer tell the receiver and exit, and the receiver's restart recovers.
+
+Dead letters are bounded like pending events (``delivery.maxDeadLetters``, beside
+``delivery.maxPendingEvents``) and kept for ``delivery.deadLetterRetention``:
+`SpoolFile.maintain` deletes older ones. When the store is full nothing is dropped:
+the invalid events of a request that do not fit are refused, together (`write`
+reports which requests; the receiver answers 503 so Mailtrap sends them again), and
+an event a target gave up on stays pending, to be tried again at the time its
+outcome names, instead of becoming a dead letter ("held back").
 """
 
 from __future__ import annotations
@@ -53,8 +68,9 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import takewhile
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import orjson
 
@@ -120,8 +136,15 @@ _PRUNE_BATCH: Final = 2000
 _PRUNE_ROUNDS: Final = 5
 # Counting a long backlog takes a while, so it is recounted less often then.
 _RECOUNT_CHEAP: Final = 50_000
+# Defaults of delivery.maxDeadLetters and delivery.deadLetterRetention.
+MAX_DEAD_LETTERS: Final = 100_000
+DEAD_LETTER_RETENTION: Final = 7 * 24 * 3600.0
 _RECOUNT_SLOW_INTERVAL: Final = 60.0
 CHECKPOINT_INTERVAL: Final = 0.5
+# While writes fail (a full disk), how often the writer tries a small one.
+PROBE_INTERVAL: Final = 1.0
+# The dedup key a probe writes and deletes again: no event_id starts with a NUL.
+_PROBE_KEY: Final = "\x00probe"
 # After a checkpoint has copied everything, SQLite reuses the WAL from its start;
 # this bounds what the file keeps of its size meanwhile.
 _JOURNAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
@@ -131,10 +154,11 @@ _CACHE_KIB: Final = 32 * 1024
 # A new event: key, canonical name, JSON body, event time, message id, its targets.
 StoreRow = tuple[str, str, bytes, float | None, str | None, tuple[str, ...]]
 # An invalid event: target (None), key, name, reason, detail, body, event time,
-# message id, when received.
+# message id, when received. A request's invalid events are stored together or not.
 LetterRow = tuple[str | None, str, str | None, str, str, bytes, float | None, str | None, float]
 # A delivery outcome: kind (delivered, retry, dead), target, event id, attempts,
-# next attempt time, status, error, answer excerpt, dead-letter reason, detail.
+# next attempt time (for a dead one: when to try again if it is held back), status,
+# error, answer excerpt, dead-letter reason, detail.
 OutcomeRow = tuple[str, str, int, int, float, int | None, str | None, str | None, str | None, str]
 # What a poll returns per event: id, key, name, body, event time, message id, attempts.
 PendingRow = tuple[int, str, str, bytes, float | None, str | None, int]
@@ -146,11 +170,78 @@ class SpoolError(Exception):
     """The spool file cannot be used (not a spool, a newer schema, unwritable)."""
 
 
+class SpoolCorrupt(SpoolError):
+    """The spool file is damaged (`recovery.recover` saves what it can)."""
+
+
+# Primary result codes of failures that say nothing about the file's content.
+_TRANSIENT: Final = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_READONLY,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_INTERRUPT,
+        sqlite3.SQLITE_CANTOPEN,
+    }
+)
+
+
+def integrity_problem(conn: sqlite3.Connection) -> str | None:
+    """What ``PRAGMA quick_check`` (every page read, no index cross-check) finds
+    wrong with the file, or None."""
+    try:
+        rows = conn.execute("PRAGMA quick_check").fetchall()
+    except sqlite3.DatabaseError as error:
+        return str(error)
+    found = [str(row[0]) for row in rows]
+    return None if found == ["ok"] else "; ".join(found[:3])
+
+
+def may_be_corruption(error: sqlite3.Error) -> bool:
+    """Whether a failed statement could mean a damaged file: not a busy lock, a full
+    disk or a failing device, which the file's content does not cause. A value
+    that is not UTF-8 any more (Python's own error, without a code) may be."""
+    if not isinstance(error, sqlite3.DatabaseError):
+        return False
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is None or (code & 0xFF) not in _TRANSIENT
+
+
+def looks_corrupt(conn: sqlite3.Connection, error: sqlite3.Error) -> str | None:
+    """After ``error``: the damage the integrity check finds, or None."""
+    if not may_be_corruption(error):
+        return None
+    problem = integrity_problem(conn)
+    return None if problem is None else f"{error} (quick_check: {problem})"
+
+
+class Written(NamedTuple):
+    """What one `SpoolFile.write` did."""
+
+    ids: list[list[int]]  # per store, the id of each event; 0 for a duplicate
+    refused: list[int]  # indexes of the letter groups that did not fit
+    held: list[int]  # event ids of dead outcomes held back (kept pending)
+
+
+def lenient_text(data: bytes) -> str:
+    """A TEXT value as str, with replacement characters where it is not UTF-8."""
+    return data.decode("utf-8", "replace")
+
+
 def connect(path: str | Path) -> sqlite3.Connection:
-    """A connection with the spool's settings; transactions are explicit."""
+    """A connection with the spool's settings; transactions are explicit.
+
+    Text that is not UTF-8 any more (a damaged byte inside a row, which the
+    integrity check cannot see) reads with replacement characters rather than
+    failing every read of its row for ever: the event is still delivered, or
+    refused by its target and dead-lettered, never stuck."""
     conn = sqlite3.connect(
         str(path), isolation_level=None, check_same_thread=False, timeout=BUSY_TIMEOUT
     )
+    conn.text_factory = lenient_text
     conn.execute("PRAGMA journal_mode=WAL")
     # FULL: in WAL mode a commit is fsynced before it returns (NORMAL would not).
     conn.execute("PRAGMA synchronous=FULL")
@@ -448,9 +539,12 @@ class SpoolFile:
     ``targets`` are the configured target names: pending rows of any other target (a
     target removed from the config) become dead letters at `open`, counted per target
     in `removed` (the receiver adds them to its dead-letter metric). `write` is the
-    group commit; `commits`, `pending_events` (events not yet delivered everywhere)
-    and `depth` (pending rows per target) are kept exact by this writer and
-    recounted by `maintain` (``dlq replay`` adds rows from outside).
+    group commit; `commits`, `pending_events` (events not yet delivered everywhere),
+    `depth` (pending rows per target) and `dead_letters` are kept exact by this
+    writer and recounted by `maintain` (``dlq`` changes rows from outside);
+    `expired` counts the dead letters retention deleted since `open`. Only `open`
+    may take dead letters beyond ``max_dead_letters`` (those of removed targets,
+    which could stay nowhere else).
     """
 
     def __init__(
@@ -459,16 +553,23 @@ class SpoolFile:
         *,
         targets: Sequence[str],
         dedup_window: float,
+        max_dead_letters: int = MAX_DEAD_LETTERS,
+        dead_letter_retention: float = DEAD_LETTER_RETENTION,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
         self.targets = tuple(targets)
         self._window = dedup_window
+        self.max_dead_letters = max_dead_letters
+        self._retention = dead_letter_retention
         self._clock = clock
         self._conn: sqlite3.Connection | None = None
         self.commits = 0
         self.pending_events = 0
         self.depth: dict[str, int] = dict.fromkeys(self.targets, 0)
+        self.dead_letters = 0
+        self.expired = 0
+        self.unwritable: str | None = None
         self.removed: dict[str, int] = {}
         self._last_recount = 0.0
         # An event goes once no configured target has a pending row for it.
@@ -480,18 +581,57 @@ class SpoolFile:
             raise SpoolError("the spool is not open")
         return self._conn
 
+    @property
+    def state(self) -> SpoolState:
+        return SpoolState(
+            self.pending_events,
+            dict(self.depth),
+            self.commits,
+            self.dead_letters,
+            self.expired,
+            self.unwritable,
+        )
+
+    def probe(self) -> None:
+        """A write that changes nothing (a row in and out again, committed and
+        fsynced): whether the file can be written now, in `unwritable`."""
+        conn = self.conn
+        try:
+            with transaction(conn):
+                conn.execute(
+                    "INSERT OR REPLACE INTO dedup (key, expires_at) VALUES (?, 0)", (_PROBE_KEY,)
+                )
+                conn.execute("DELETE FROM dedup WHERE key = ?", (_PROBE_KEY,))
+        except sqlite3.Error as error:
+            self.unwritable = str(error)
+            return
+        self.unwritable = None
+
     def open(self) -> None:
-        """Create or migrate the file, dead-letter removed targets, count what is pending."""
+        """Check, create or migrate the file, dead-letter removed targets, count what
+        is pending. `SpoolCorrupt` when the file is damaged."""
+        conn: sqlite3.Connection | None = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = connect(self.path)
+            problem = integrity_problem(conn)
+            if problem is not None:
+                raise SpoolCorrupt(problem)
             migrate(conn)
             # Checkpoints run on a connection of their own, never in a commit.
             conn.execute("PRAGMA wal_autocheckpoint=0")
             self._dead_letter_removed_targets(conn)
-            self._conn = conn
             self._recount(conn)
+            self._conn = conn
+        except SpoolCorrupt:
+            if conn is not None:
+                conn.close()
+            raise
         except sqlite3.Error as error:
+            if conn is not None:
+                conn.close()
+            if may_be_corruption(error):
+                raise SpoolCorrupt(str(error)) from error
             raise SpoolError(f"cannot open the spool {self.path}: {error}") from error
         except OSError as error:
             raise SpoolError(f"cannot create the spool {self.path}: {error.strerror}") from error
@@ -507,29 +647,56 @@ class SpoolFile:
     def write(
         self,
         stores: Sequence[Sequence[StoreRow]],
-        letters: Sequence[LetterRow] = (),
+        letters: Sequence[Sequence[LetterRow]] = (),
         outcomes: Sequence[OutcomeRow] = (),
-    ) -> list[list[int]]:
-        """One transaction (one fsync) for all of it. For each store, the id given to
-        each of its events, 0 for a duplicate. Raises `sqlite3.Error` with nothing
-        written."""
+    ) -> Written:
+        """One transaction (one fsync) for all of it: new events (each store a
+        request's), invalid events (each group a request's: stored whole or refused
+        whole when the dead letters would pass the maximum) and delivery outcomes
+        (a dead one is held back, kept pending, when the dead letters are full).
+        Raises `sqlite3.Error` with nothing written (and says why in `unwritable`
+        until a write or `probe` succeeds)."""
+        try:
+            written = self._write(stores, letters, outcomes)
+        except sqlite3.Error as error:
+            self.unwritable = str(error)
+            raise
+        self.unwritable = None
+        return written
+
+    def _write(
+        self,
+        stores: Sequence[Sequence[StoreRow]],
+        letters: Sequence[Sequence[LetterRow]],
+        outcomes: Sequence[OutcomeRow],
+    ) -> Written:
         conn = self.conn
         now = self._clock()
         depth = dict(self.depth)
+        room = self.max_dead_letters - self.dead_letters
+        refused: list[int] = []
+        kept: list[tuple[Any, ...]] = []
+        for index, group in enumerate(letters):
+            if len(group) > room:
+                refused.append(index)
+            else:
+                room -= len(group)
+                kept.extend((*letter, now) for letter in group)
         with transaction(conn):
             ids, added = self._insert_events(conn, stores, now, depth)
-            if letters:
+            if kept:
                 conn.executemany(
                     "INSERT INTO dead_letters (target, key, name, reason, detail, attempts, "
                     "body, occurred_at, message_id, received_at, failed_at) "
                     "VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-                    [(*letter, now) for letter in letters],
+                    kept,
                 )
-            removed = self._apply_outcomes(conn, outcomes, now, depth)
+            removed, held, lettered = self._apply_outcomes(conn, outcomes, now, depth, room)
         self.commits += 1
         self.pending_events += added - removed
         self.depth = depth
-        return ids
+        self.dead_letters += len(kept) + lettered
+        return Written(ids, refused, held)
 
     def _insert_events(
         self,
@@ -593,13 +760,17 @@ class SpoolFile:
         outcomes: Sequence[OutcomeRow],
         now: float,
         depth: dict[str, int],
-    ) -> int:
-        """Record outcomes; the number of events no target needs any more."""
+        room: int,
+    ) -> tuple[int, list[int], int]:
+        """Record outcomes, with ``room`` for that many dead letters; the number of
+        events no target needs any more, the event ids of dead outcomes held back,
+        and the number of dead letters made."""
         if not outcomes:
-            return 0
+            return 0, [], 0
         finished: list[tuple[str, int]] = []
         retries: list[tuple[Any, ...]] = []
         dead: list[tuple[Any, ...]] = []
+        held: list[int] = []
         for (
             kind,
             target,
@@ -612,6 +783,10 @@ class SpoolFile:
             reason,
             detail,
         ) in outcomes:
+            if kind == "dead" and len(dead) >= room:
+                # No room for it: it stays pending and is tried again later.
+                held.append(event_id)
+                kind = "retry"
             if kind == "retry":
                 retries.append((attempts, due, status, error, target, event_id))
                 continue
@@ -633,7 +808,7 @@ class SpoolFile:
                 dead,
             )
         if not finished:
-            return 0
+            return 0, held, len(dead)
         by_target: dict[str, list[int]] = {}
         for target, event_id in finished:
             by_target.setdefault(target, []).append(event_id)
@@ -656,10 +831,11 @@ class SpoolFile:
                 "AND event_id = events.id)",
                 (*chunk, *self.targets),
             ).rowcount
-        return removed
+        return removed, held, len(dead)
 
     def maintain(self) -> None:
-        """Prune expired keys a batch at a time; recount what is pending."""
+        """Prune expired keys and dead letters past their retention, a batch at a
+        time; recount what is pending."""
         conn = self.conn
         for _ in range(_PRUNE_ROUNDS):
             with transaction(conn):
@@ -670,9 +846,32 @@ class SpoolFile:
                 ).rowcount
             if deleted < _PRUNE_BATCH:
                 break
+        for _ in range(_PRUNE_ROUNDS):
+            if self._expire_dead_letters(conn) < _PRUNE_BATCH:
+                break
         since = time.monotonic() - self._last_recount
         if self.pending_events < _RECOUNT_CHEAP or since > _RECOUNT_SLOW_INTERVAL:
             self._recount(conn)
+
+    def _expire_dead_letters(self, conn: sqlite3.Connection) -> int:
+        """Delete up to a batch of dead letters older than the retention; how many.
+
+        Letters are numbered as they fail, so the oldest come first by id and the
+        scan stops at the first one still kept (no index on the failure time)."""
+        cutoff = self._clock() - self._retention
+        with transaction(conn):
+            rows = conn.execute(
+                "SELECT id, failed_at FROM dead_letters ORDER BY id LIMIT ?", (_PRUNE_BATCH,)
+            ).fetchall()
+            expired = [letter_id for letter_id, _ in takewhile(lambda r: r[1] <= cutoff, rows)]
+            for chunk in _chunks(expired):
+                conn.execute(
+                    f"DELETE FROM dead_letters WHERE id IN ({_marks(len(chunk))})",  # noqa: S608
+                    chunk,
+                )
+        self.expired += len(expired)
+        self.dead_letters -= len(expired)
+        return len(expired)
 
     def _count_pending(self, conn: sqlite3.Connection) -> dict[str, int]:
         counts = dict.fromkeys(self.targets, 0)
@@ -685,6 +884,7 @@ class SpoolFile:
         self._last_recount = time.monotonic()
         self.depth = self._count_pending(conn)
         self.pending_events = int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+        self.dead_letters = int(conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0])
 
     def _dead_letter_removed_targets(self, conn: sqlite3.Connection) -> None:
         """Pending rows of targets no longer configured become dead letters."""
@@ -718,17 +918,69 @@ class SpoolFile:
 # --- the writer process ---------------------------------------------------------------
 #
 # Frames on the socket: a 4-byte big-endian length, then a pickled tuple.
-# Receiver -> writer:  ("write", seq, stores, letters, outcomes)
+# Receiver -> writer:  ("write", seq, stores, letter_groups, outcomes)
 #                      ("read", seq, name, kwargs)
 #                      ("stop",)
-# Writer -> receiver:  ("ready", pending_events, depth, removed)  once open
-#                      ("failed", message)                    could not open; exits
-#                      ("written", seq, ids, error, pending_events, depth, commits)
+# Writer -> receiver:  ("ready", state, removed, recovered)  once open (recovered: a
+#                                                        corrupt file's report, or None)
+#                      ("corrupt", message)             found damaged while running; exits
+#                      ("failed", message)              could not open; exits
+#                      ("written", seq, written, error, state)
 #                      ("read", seq, result, error)
+#                      ("state", state)                 after maintenance or a probe changed it
+
+
+class SpoolState(NamedTuple):
+    """What the writer last counted, sent with each answer."""
+
+    pending_events: int
+    depth: dict[str, int]
+    commits: int
+    dead_letters: int
+    expired: int  # dead letters deleted by retention since the writer started
+    unwritable: str | None  # why the last write failed; None once one succeeds
+
+
+@dataclass(frozen=True)
+class WriterSettings:
+    """What `spool.Spool` starts the writer process with (JSON on its command line)."""
+
+    path: str
+    targets: tuple[str, ...]
+    dedup_window: float
+    max_dead_letters: int = MAX_DEAD_LETTERS
+    dead_letter_retention: float = DEAD_LETTER_RETENTION
+    # Which targets want each canonical event name: what recovering a corrupt file
+    # needs to give an event back the deliveries it lost.
+    routes: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+
+    def encode(self) -> str:
+        return orjson.dumps(dataclasses.asdict(self)).decode()
+
+    @classmethod
+    def decode(cls, text: str) -> WriterSettings:
+        data = orjson.loads(text)
+        routes = {name: tuple(targets) for name, targets in data.get("routes", {}).items()}
+        return cls(**{**data, "targets": tuple(data["targets"]), "routes": routes})
+
+    def spool_file(self) -> SpoolFile:
+        return SpoolFile(
+            self.path,
+            targets=self.targets,
+            dedup_window=self.dedup_window,
+            max_dead_letters=self.max_dead_letters,
+            dead_letter_retention=self.dead_letter_retention,
+        )
+
 
 FRAME_HEADER: Final = struct.Struct(">I")
-# The writer process's exit status when one of its threads failed.
+# The writer process's exit status when one of its threads failed, and when it found
+# the file damaged while running.
 EXIT_THREAD_FAILED: Final = 70
+EXIT_CORRUPT: Final = 71
+# A failed read or write is followed by an integrity check (which reads the whole
+# file) at most this often.
+CHECK_INTERVAL: Final = 60.0
 
 
 def encode_frame(message: object) -> bytes:
@@ -796,22 +1048,33 @@ def _or_exit(work: Callable[[], None]) -> Callable[[], None]:
     return run
 
 
-def serve(
-    sock: socket.socket,
-    *,
-    path: str,
-    targets: Sequence[str],
-    dedup_window: float,
-) -> int:
+def serve(sock: socket.socket, settings: WriterSettings) -> int:
     """Run the writer process on ``sock`` until told to stop or the receiver is gone."""
     lock = threading.Lock()
-    spool = SpoolFile(path, targets=targets, dedup_window=dedup_window)
+    path = settings.path
+    spool = settings.spool_file()
+    recovered: dict[str, Any] | None = None
     try:
-        spool.open()
-    except SpoolError as error:
+        try:
+            spool.open()
+        except SpoolCorrupt as corrupt:
+            # Its own module, loaded only when a file is found damaged.
+            from .recovery import recover
+
+            report = recover(
+                path,
+                reason=str(corrupt),
+                targets=settings.targets,
+                routes=settings.routes,
+                dedup_window=settings.dedup_window,
+            )
+            print(f"spool: {report.summary()}", file=sys.stderr)
+            recovered = report.as_json()
+            spool.open()
+    except (SpoolError, sqlite3.Error, OSError) as error:
         send_frame(sock, ("failed", str(error)))
         return 1
-    send_frame(sock, ("ready", spool.pending_events, spool.depth, spool.removed))
+    send_frame(sock, ("ready", spool.state, spool.removed, recovered))
 
     writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
     reads: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -823,40 +1086,66 @@ def serve(
         with contextlib.suppress(OSError):
             send_frame(sock, message, lock)
 
+    checked = [0.0]
+
+    def check(conn: sqlite3.Connection, error: sqlite3.Error) -> None:
+        """After a failed statement: if the file is damaged, say so and exit (the
+        receiver restarts, and opening the file again recovers what is readable)."""
+        if time.monotonic() - checked[0] < CHECK_INTERVAL or not may_be_corruption(error):
+            return
+        checked[0] = time.monotonic()
+        problem = looks_corrupt(conn, error)
+        if problem is not None:
+            print(f"spool: the file is damaged: {problem}", file=sys.stderr)
+            answer(("corrupt", problem))
+            sys.stderr.flush()
+            os._exit(EXIT_CORRUPT)
+
     def writer() -> None:
         maintained = time.monotonic()
         while True:
+            # While writes fail, a probe every PROBE_INTERVAL finds when they work again.
+            wait = MAINTENANCE_INTERVAL if spool.unwritable is None else PROBE_INTERVAL
             try:
-                message = writes.get(timeout=MAINTENANCE_INTERVAL)
+                message = writes.get(timeout=wait)
             except queue.Empty:
                 message = None
             if message is not None and message[0] == "stop":
                 return
+            before = spool.state
             if message is not None:
                 _, seq, stores, letters, outcomes = message
-                ids: list[list[int]] | None = None
+                written: Written | None = None
                 error: str | None = None
                 try:
-                    ids = spool.write(stores, letters, outcomes)
+                    written = spool.write(stores, letters, outcomes)
                 except sqlite3.Error as failure:
+                    check(spool.conn, failure)
                     error = str(failure)
                 except Exception as failure:
                     # A bug, not the disk: still answered, so the requests fail (503)
                     # instead of waiting for ever.
                     traceback.print_exc()
                     error = f"{type(failure).__name__}: {failure}"
-                answer(
-                    ("written", seq, ids, error, spool.pending_events, spool.depth, spool.commits)
-                )
+                answer(("written", seq, written, error, spool.state))
+                before = spool.state
             if message is None or time.monotonic() - maintained > MAINTENANCE_INTERVAL:
                 maintained = time.monotonic()
                 try:
-                    spool.maintain()
+                    if message is None:
+                        # Idle: one small write, so a full disk is found before a
+                        # request needs it (and found gone again).
+                        spool.probe()
+                    if spool.unwritable is None:
+                        spool.maintain()
                 except sqlite3.Error as failure:
+                    check(spool.conn, failure)
                     print(f"spool: maintenance failed: {failure}", file=sys.stderr)
                 except Exception:
                     print("spool: maintenance failed:", file=sys.stderr)
                     traceback.print_exc()
+                if spool.state != before:
+                    answer(("state", spool.state))
 
     def reader() -> None:
         conn = connect(path)
@@ -867,6 +1156,7 @@ def serve(
                     with transaction(conn, write=False):  # one snapshot per read
                         result = READS[name](conn, **kwargs)
                 except sqlite3.Error as failure:
+                    check(conn, failure)
                     answer(("read", seq, None, str(failure)))
                     continue
                 except Exception as failure:
@@ -918,7 +1208,7 @@ def serve(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mailtrap_receiver.spoolfile FD PATH WINDOW TARGET...``"""
+    """``python -m mailtrap_receiver.spoolfile FD SETTINGS`` (`WriterSettings` as JSON)."""
     args = list(sys.argv[1:] if argv is None else argv)
     _die_with_parent()
     # The receiver handles SIGTERM; the writer stops when the receiver says so.
@@ -926,7 +1216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     sock = socket.socket(fileno=int(args[0]))
     try:
-        return serve(sock, path=args[1], dedup_window=float(args[2]), targets=args[3:])
+        return serve(sock, WriterSettings.decode(args[1]))
     finally:
         sock.close()
 

@@ -123,9 +123,16 @@ def find(docs: Iterable[Mapping[str, Any]], kind: str, namespace: str | None = N
 def rules_of(
     docs: Iterable[Mapping[str, Any]], kind: str, namespace: str | None = None
 ) -> list[dict[str, Any]]:
-    """The rules of the one Role or ClusterRole (in ``namespace``) of a rendering."""
-    (role,) = find(docs, kind, namespace)
+    """The rules of the operator's one Role or ClusterRole (in ``namespace``) of a
+    rendering: the ClusterRoles aggregated into Kubernetes' view and edit are users'."""
+    (role,) = [doc for doc in find(docs, kind, namespace) if not aggregated(doc)]
     return list(role["rules"])
+
+
+def aggregated(role: Mapping[str, Any]) -> bool:
+    """Whether a ClusterRole feeds one of Kubernetes' built-in roles (aggregation)."""
+    labels = role["metadata"].get("labels") or {}
+    return any(key.startswith("rbac.authorization.k8s.io/aggregate-to-") for key in labels)
 
 
 def permissions(rules: Iterable[Mapping[str, Any]]) -> set[Permission]:

@@ -12,6 +12,9 @@ Used by the session fixture in ``tests/conftest.py`` and by ``hack/dev.py``. It
 hands out kubeconfigs for the admin and, through TokenRequest, for any
 ServiceAccount, so the operator can run with exactly the chart's RBAC, and
 (``audit=True``) an audit log of what ServiceAccounts asked and were allowed.
+With ``kwok=False`` it has no node at all: tests/helpers/node.py joins a real
+kubelet to it, which the API server calls (for logs and exec) with the admin
+certificate. `Daemons` starts and stops the long-running children of both.
 
 For fault injection (tests/faults), `ApiServerFaults` SIGKILLs kube-apiserver and
 starts it again on the same port (optionally with other flags, such as
@@ -114,7 +117,7 @@ class _Pki:
     sa_pub: bytes
 
 
-def _make_pki() -> _Pki:
+def _make_pki(host: str) -> _Pki:
     now = datetime.datetime.now(datetime.UTC)
     validity = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=2))
     ca_key = ec.generate_private_key(ec.SECP256R1())
@@ -167,7 +170,7 @@ def _make_pki() -> _Pki:
         _name("kube-apiserver"),
         x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
         [
-            x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+            x509.IPAddress(ipaddress.ip_address(host)),
             x509.IPAddress(next(ipaddress.ip_network(SERVICE_CIDR).hosts())),
             x509.DNSName("localhost"),
             x509.DNSName("kubernetes"),
@@ -215,21 +218,84 @@ class _Proc:
 
 
 @dataclass
+class Daemons:
+    """Long-running children, each in its own process group and logging to
+    ``<workdir>/<name>.log``: the control plane's here, the real node's in node.py."""
+
+    workdir: Path
+    _procs: list[_Proc] = field(default_factory=list)
+
+    def spawn(
+        self, name: str, command: Sequence[str], *, preexec: Callable[[], None] = die_with_parent
+    ) -> None:
+        log_path = self.workdir / f"{name}.log"
+        log = log_path.open("ab")
+        popen = subprocess.Popen(
+            list(command),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=self.workdir,
+            preexec_fn=preexec,
+            start_new_session=True,
+        )
+        self._procs.append(_Proc(name, popen, log_path, log))
+
+    def wait(self, name: str, ready: Callable[[], bool], deadline: float) -> None:
+        """Until ``ready()``; a daemon that exits meanwhile fails it, with its log."""
+        while time.monotonic() < deadline:
+            for proc in self._procs:
+                if proc.popen.poll() is not None:
+                    raise ClusterError(
+                        f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}"
+                    )
+            with contextlib.suppress(Exception):
+                if ready():
+                    return
+            time.sleep(0.2)
+        waited = next((p for p in self._procs if p.name == name), None)
+        raise ClusterError(f"{name} not ready in time:\n{waited.tail() if waited else ''}")
+
+    def pids(self) -> list[int]:
+        return [proc.popen.pid for proc in self._procs if proc.popen.poll() is None]
+
+    def stop(self) -> None:
+        """SIGTERM each, last started first; SIGKILL what is left after 10 s."""
+        for proc in reversed(self._procs):
+            if proc.popen.poll() is None:
+                proc.popen.terminate()
+        for proc in reversed(self._procs):
+            try:
+                proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+            proc.log.close()
+        self._procs.clear()
+
+
+@dataclass
 class LocalCluster:
     """A control plane of real Kubernetes binaries; start() it, then stop() it."""
 
     bin_dir: Path
     workdir: Path
+    # The API server's address. Loopback, except for a real node's cluster: the
+    # `kubernetes` Service's endpoint is this address, and Endpoints may not be
+    # loopback (node.py puts a host-local address on lo for it).
+    host: str = "127.0.0.1"
     api_port: int = 0
     version: str = ""
     # Record what ServiceAccounts ask the API server (and what it decided), so a
     # test can prove which permissions the operator really uses. Off by default.
     audit: bool = False
-    _procs: list[_Proc] = field(default_factory=list)
+    # kwok and its simulated node; off for a cluster whose node is real (node.py).
+    kwok: bool = True
+    _daemons: Daemons | None = None
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.host}:{self.api_port}"
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -256,9 +322,10 @@ class LocalCluster:
             raise
 
     def _start(self, *, timeout: float) -> None:
+        self._daemons = Daemons(self.workdir)
         pki_dir = self.workdir / "pki"
         pki_dir.mkdir(parents=True, exist_ok=True)
-        pki = _make_pki()
+        pki = _make_pki(self.host)
         files = {
             "ca.crt": pki.ca_cert,
             "apiserver.crt": pki.server_cert,
@@ -297,8 +364,8 @@ class LocalCluster:
             "kube-apiserver",
             [
                 f"--etcd-servers={etcd}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={self.api_port}",
                 f"--tls-cert-file={pki_dir / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki_dir / 'apiserver.key'}",
@@ -311,6 +378,11 @@ class LocalCluster:
                 # on the owner's finalizers, so the chart's RBAC is tested for it.
                 "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # `kubectl logs` and `exec` on a real node (node.py): the API server
+                # reaches its kubelet as the admin, at the node's name (localhost).
+                f"--kubelet-client-certificate={pki_dir / 'admin.crt'}",
+                f"--kubelet-client-key={pki_dir / 'admin.key'}",
+                "--kubelet-preferred-address-types=Hostname",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 *self._audit_flags(),
@@ -363,16 +435,17 @@ class LocalCluster:
                 "--leader-elect=false",
             ],
         )
-        self._spawn(
-            "kwok",
-            [
-                f"--kubeconfig={kubeconfig}",
-                f"--config={REPO / 'hack' / 'kwok-stages.yaml'}",
-                f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
-                f"--cidr={POD_CIDR}",
-                "--node-lease-duration-seconds=40",
-            ],
-        )
+        if self.kwok:
+            self._spawn(
+                "kwok",
+                [
+                    f"--kubeconfig={kubeconfig}",
+                    f"--config={REPO / 'hack' / 'kwok-stages.yaml'}",
+                    f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
+                    f"--cidr={POD_CIDR}",
+                    "--node-lease-duration-seconds=40",
+                ],
+            )
         insecure = ssl.create_default_context()
         insecure.check_hostname = False
         insecure.verify_mode = ssl.CERT_NONE  # their serving certs are self-signed, made at start
@@ -380,23 +453,19 @@ class LocalCluster:
             self._wait(
                 name, lambda p=port: _http_ok(f"https://127.0.0.1:{p}/healthz", insecure), deadline
             )
-        self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(_kwok_node("kwok-node-0")))
-        self._wait("kwok", self._node_ready, deadline)
+        if self.kwok:
+            self.kubectl("apply", "-f", "-", input_text=yaml.safe_dump(_kwok_node("kwok-node-0")))
+            self._wait("kwok", self._node_ready, deadline)
         # Pods are refused until the service account controller made "default".
         self._wait("kube-controller-manager", self._default_sa_exists, deadline)
 
     def stop(self) -> None:
-        for proc in reversed(self._procs):
-            if proc.popen.poll() is None:
-                proc.popen.terminate()
-        for proc in reversed(self._procs):
-            try:
-                proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
-            proc.log.close()
-        self._procs.clear()
+        if self._daemons is not None:
+            self._daemons.stop()
+
+    def daemon_pids(self) -> list[int]:
+        """The control plane's running processes."""
+        return self._daemons.pids() if self._daemons is not None else []
 
     # -- audit --
 
@@ -490,32 +559,12 @@ class LocalCluster:
     # -- internals --
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        log_path = self.workdir / f"{name}.log"
-        log = log_path.open("ab")
-        popen = subprocess.Popen(
-            [self.binary(name), *args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.workdir,
-            preexec_fn=die_with_parent,
-            start_new_session=True,
-        )
-        self._procs.append(_Proc(name, popen, log_path, log))
+        assert self._daemons is not None
+        self._daemons.spawn(name, [self.binary(name), *args])
 
     def _wait(self, name: str, ready: Callable[[], bool], deadline: float) -> None:
-        while time.monotonic() < deadline:
-            for proc in self._procs:
-                if proc.popen.poll() is not None:
-                    raise ClusterError(
-                        f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}"
-                    )
-            with contextlib.suppress(Exception):
-                if ready():
-                    return
-            time.sleep(0.2)
-        proc = next((p for p in self._procs if p.name == name), None)
-        raise ClusterError(f"{name} not ready in time:\n{proc.tail() if proc else ''}")
+        assert self._daemons is not None
+        self._daemons.wait(name, ready, deadline)
 
     def _node_ready(self) -> bool:
         out = self.kubectl(
@@ -555,11 +604,16 @@ class ApiServerFaults:
     def __post_init__(self) -> None:
         self.flags = [str(arg) for arg in list(self._proc().popen.args)[1:]]  # type: ignore[arg-type]
 
+    @property
+    def _procs(self) -> list[_Proc]:
+        assert self.cluster._daemons is not None, "the cluster is not running"
+        return self.cluster._daemons._procs
+
     def _index(self) -> int:
-        return next(i for i, p in enumerate(self.cluster._procs) if p.name == "kube-apiserver")
+        return next(i for i, p in enumerate(self._procs) if p.name == "kube-apiserver")
 
     def _proc(self) -> _Proc:
-        return self.cluster._procs[self._index()]
+        return self._procs[self._index()]
 
     def kill(self) -> None:
         """SIGKILL kube-apiserver, as a crash or the loss of its node would, and wait
@@ -573,15 +627,15 @@ class ApiServerFaults:
         """Start kube-apiserver again (after `kill`) on the same port, with the same
         certificates and etcd, and its first flags plus ``extra_args`` (replacing
         flags of the same name); return once it is ready."""
-        cluster = self.cluster
+        cluster, procs = self.cluster, self._procs
         index = self._index()
-        old = cluster._procs[index]
+        old = procs[index]
         if old.popen.poll() is None:
             raise ClusterError("kube-apiserver is still running: kill it first")
         old.log.close()
-        del cluster._procs[index]
+        del procs[index]
         cluster._spawn("kube-apiserver", _with_flags(self.flags, extra_args))
-        cluster._procs.insert(index, cluster._procs.pop())  # stopped in the same order
+        procs.insert(index, procs.pop())  # stopped in the same order
         context = cluster._admin_ssl_context()
         cluster._wait(
             "kube-apiserver",
@@ -603,34 +657,22 @@ class ApiServerFaults:
         cluster = self.cluster
         port = free_port()
         flags = _with_flags(self.flags, [f"--secure-port={port}"])
-        log_path = cluster.workdir / "kube-apiserver-peer.log"
-        with log_path.open("ab") as log:
-            popen = subprocess.Popen(
-                [cluster.binary("kube-apiserver"), *(f for f in flags if "--audit-" not in f)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd=cluster.workdir,
-                preexec_fn=die_with_parent,
-                start_new_session=True,
-            )
+        peer = Daemons(cluster.workdir)
         server = f"https://127.0.0.1:{port}"
         try:
+            peer.spawn(
+                "kube-apiserver-peer",
+                [cluster.binary("kube-apiserver"), *(f for f in flags if "--audit-" not in f)],
+            )
             context = cluster._admin_ssl_context()
-            deadline = time.monotonic() + timeout
-            while not _http_ok(f"{server}/readyz", context=context):
-                if popen.poll() is not None or time.monotonic() > deadline:
-                    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
-                    raise ClusterError(f"the peer kube-apiserver did not start:\n{tail}")
-                time.sleep(0.2)
+            peer.wait(
+                "kube-apiserver-peer",
+                lambda: _http_ok(f"{server}/readyz", context=context),
+                time.monotonic() + timeout,
+            )
             yield server
         finally:
-            popen.terminate()
-            try:
-                popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                popen.wait()
+            peer.stop()
 
 
 def _kwok_node(name: str) -> dict[str, Any]:
@@ -664,12 +706,17 @@ def _http_ok(url: str, context: ssl.SSLContext | None = None) -> bool:
 
 @contextlib.contextmanager
 def local_cluster(
-    *, workdir: Path | None = None, keep_logs: Path | None = None, audit: bool = False
+    *,
+    workdir: Path | None = None,
+    keep_logs: Path | None = None,
+    audit: bool = False,
+    kwok: bool = True,
+    host: str = "127.0.0.1",
 ) -> Iterator[LocalCluster]:
     """Start a cluster for the duration of a ``with`` block; always stops and cleans up."""
     owned = workdir is None
     work = workdir or Path(tempfile.mkdtemp(prefix="mailtrap-cluster-"))
-    cluster = LocalCluster(bin_dir=testbins_dir(), workdir=work, audit=audit)
+    cluster = LocalCluster(bin_dir=testbins_dir(), workdir=work, audit=audit, kwok=kwok, host=host)
     try:
         cluster.start()
         yield cluster

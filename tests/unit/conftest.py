@@ -76,7 +76,6 @@ def make_receiver(
 
     async def make(**overrides: Any) -> Receiver:
         poll = overrides.pop("secret_poll_interval", 1.0)
-        body_read_timeout = overrides.pop("body_read_timeout", 30.0)
         data: dict[str, Any] = {
             "signingSecretFile": str(secret_file),
             "targets": [{"name": "app", "url": target.url}],
@@ -91,7 +90,6 @@ def make_receiver(
             lifecycle=lifecycle,
             dead_letters=dead_letters,
             secret_poll_interval=poll,
-            body_read_timeout=body_read_timeout,
         )
         # Started here: pytest-aiohttp's server_kwargs do not reach the AppRunner.
         server = TestServer(app)

@@ -462,8 +462,8 @@ async def test_a_body_of_exactly_the_limit_is_read(make_receiver: MakeReceiver) 
     await assert_error(await post(receiver, body + b" "), 413, "body_too_large")
 
 
-async def test_a_body_that_stops_arriving_is_400(make_receiver: MakeReceiver) -> None:
-    receiver = await make_receiver(body_read_timeout=0.2)
+async def test_a_body_that_stops_arriving_is_408(make_receiver: MakeReceiver) -> None:
+    receiver = await make_receiver(limits={"bodyTimeout": "200ms"})
     server = receiver.client.server
     reader, writer = await asyncio.open_connection(server.host, server.port)
     try:
@@ -476,9 +476,93 @@ async def test_a_body_that_stops_arriving_is_400(make_receiver: MakeReceiver) ->
         head_and_body = await asyncio.wait_for(reader.read(4096), 60)
     finally:
         writer.close()
-    assert status_line.startswith(b"HTTP/1.1 400")
-    assert b'"error":"malformed_body"' in head_and_body
-    assert b"did not arrive" in head_and_body
+    assert status_line.startswith(b"HTTP/1.1 408")
+    assert b'"error":"body_timeout"' in head_and_body
+    assert b"did not arrive within 0.2s" in head_and_body
+    assert receiver.sample("mailtrap_webhook_refused_total", {"reason": "body_timeout"}) == 1
+
+
+async def slow_request(
+    receiver: Receiver, *, length: int, forwarded_for: str | None = None, first: bytes = b"{"
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A request whose body (``length`` bytes declared) has only begun to arrive."""
+    server = receiver.client.server
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    extra = f"X-Forwarded-For: {forwarded_for}\r\n" if forwarded_for else ""
+    writer.write(
+        f"POST {PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n{extra}"
+        "Content-Type: application/json\r\n\r\n".encode()
+        + first
+    )
+    await writer.drain()
+    return reader, writer
+
+
+async def answer_of(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    return int(head.split(b" ")[1]), orjson.loads(await reader.readexactly(length))
+
+
+async def test_a_body_slower_than_the_minimum_rate_is_408(make_receiver: MakeReceiver) -> None:
+    receiver = await make_receiver(limits={"minBodyRate": 1024})
+    reader, writer = await slow_request(receiver, length=100_000)
+    try:
+        started = asyncio.get_running_loop().time()
+        answer = asyncio.create_task(answer_of(reader))
+        while not answer.done():  # a byte every 0.2 s: 5 bytes a second
+            writer.write(b" ")
+            await asyncio.sleep(0.2)
+        status, body = await answer
+    finally:
+        writer.close()
+    # After the 2 s grace, 1024 bytes a second on average are due; 5 are far short.
+    assert 2.0 <= asyncio.get_running_loop().time() - started < 10
+    assert (status, body["error"]) == (408, "body_too_slow")
+
+
+async def test_bodies_still_arriving_are_counted_per_client(make_receiver: MakeReceiver) -> None:
+    receiver = await make_receiver(
+        trustedProxyRanges=["127.0.0.0/8"], limits={"maxBodyReadsPerSource": 2}
+    )
+    # Behind a trusted proxy the client is X-Forwarded-For's; an IPv6 client is its /64.
+    held = [
+        await slow_request(receiver, length=1000, forwarded_for="10.0.0.1"),
+        await slow_request(receiver, length=1000, forwarded_for="10.0.0.1"),
+        await slow_request(receiver, length=1000, forwarded_for="2001:db8::1"),
+        await slow_request(receiver, length=1000, forwarded_for="2001:db8::2"),
+    ]
+    try:
+        for client in ("10.0.0.1", "2001:db8::3"):
+            reader, writer = await slow_request(receiver, length=1000, forwarded_for=client)
+            status, body = await answer_of(reader)
+            writer.close()
+            assert (status, body["error"]) == (429, "source_busy"), client
+        body = json_body(delivery_event())
+        response = await post(receiver, body, **{"X-Forwarded-For": "10.0.0.2"})
+        assert response.status == 200
+        assert receiver.sample("mailtrap_webhook_refused_total", {"reason": "source_busy"}) == 2
+    finally:
+        for _, writer in held:
+            writer.close()
+
+
+async def test_bodies_still_arriving_share_the_body_memory(make_receiver: MakeReceiver) -> None:
+    receiver = await make_receiver(
+        maxBodySize="4Ki", limits={"maxBodyMemory": 2048, "maxBodyReadsPerSource": 10}
+    )
+    # One body always fits, even one larger than the whole budget.
+    first = await slow_request(receiver, length=3000)
+    try:
+        await eventually(lambda: receiver.sample("mailtrap_webhook_arriving_body_bytes") == 3000)
+        reader, writer = await slow_request(receiver, length=100)
+        status, body = await answer_of(reader)
+        writer.close()
+        assert (status, body["error"]) == (503, "receiver_busy")
+    finally:
+        first[1].close()
+    await eventually(lambda: receiver.sample("mailtrap_webhook_arriving_body_bytes") == 0)
+    assert (await receiver.post_events(delivery_event())).status == 200
 
 
 async def test_compressed_bodies_are_415(make_receiver: MakeReceiver) -> None:

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
+import tomllib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,12 +26,22 @@ from mailtrap_operator import settings as operator_settings
 from mailtrap_operator.metrics import OperatorMetrics
 from mailtrap_operator.policy import Policy
 from mailtrap_receiver.metrics import Metrics as ReceiverMetrics
-from tests.helpers.chart import CHART, CI_VALUES, find, helm, permissions, render, rules_of
+from tests.helpers.chart import (
+    CHART,
+    CI_VALUES,
+    aggregated,
+    find,
+    helm,
+    permissions,
+    render,
+    rules_of,
+)
 from tests.helpers.cluster import REPO
 
 SCENARIOS = [None, *CI_VALUES]
 IDS = ["defaults", *(path.name.removesuffix("-values.yaml") for path in CI_VALUES)]
 CRD = "mailtrapwebhooks.mailtrap.io.yaml"
+DEFAULT_RECEIVER_REPOSITORY = "ghcr.io/mailtrap-webhook-operator/mailtrap-webhook-receiver"
 
 
 def scenario_files(scenario: Path | None) -> list[Path]:
@@ -90,6 +103,7 @@ def test_the_ci_scenarios_cover_the_charts_options() -> None:
         "ConfigMap",
         "ClusterKopfPeering",
         "KopfPeering",
+        "PodDisruptionBudget",
     }
 
 
@@ -126,6 +140,7 @@ def test_a_service_monitor_without_its_service_is_refused() -> None:
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
         ({"image": {"tga": "1.0"}}, "'tga' not allowed"),
         ({"receiver": {"imagePullPolicy": "always"}}, "/receiver/imagePullPolicy"),
+        ({"receiver": {"image": "registry.example/receiver:1"}}, "/receiver/image"),
         ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0"),
         ({"watchNamespaces": "team-a"}, "/watchNamespaces"),
         ({"logging": {"level": "verbose"}}, "/logging/level"),
@@ -277,6 +292,18 @@ def without_default(schema: dict[str, Any], values: dict[str, Any], path: str) -
             yield from without_default(prop, values[key], f"{path}{key}.")
 
 
+def test_the_charts_readme_is_written_from_its_values() -> None:
+    done = subprocess.run(
+        [sys.executable, str(REPO / "hack" / "chart_readme.py"), "--check"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    readme = (CHART / "README.md").read_text()
+    # Every documented key has its row, with its default.
+    assert "| `policy.allowImageOverride` | bool | `false` |" in readme
+    assert "| `replicaCount` | int | `1` |" in readme
+
+
 def test_values_yaml_documents_every_key() -> None:
     text = (CHART / "values.yaml").read_text()
     schema = json.loads((CHART / "values.schema.json").read_text())
@@ -320,9 +347,16 @@ def test_the_operator_reads_every_variable_the_chart_sets(scenario: Path | None)
         assert parsed.peering_name == peering
     container = deployment_of(docs)["spec"]["template"]["spec"]["containers"][0]
     receiver = values.get("receiver", {})
-    # The receivers run the operator's image, and pull it alike, unless told otherwise.
-    assert parsed.receiver_image == receiver.get("image", container["image"])
-    own_policy = "" if "image" in receiver else container["imagePullPolicy"]
+    # The receivers run the receiver image of the operator's release (its tag), and
+    # pull it alike, unless told otherwise.
+    operator_tag = container["image"].rsplit(":", 1)[1]
+    wanted = receiver.get("image", {})
+    wanted_image = (
+        f"{wanted.get('repository', DEFAULT_RECEIVER_REPOSITORY)}:"
+        f"{wanted.get('tag') or operator_tag}"
+    )
+    assert parsed.receiver_image == wanted_image
+    own_policy = container["imagePullPolicy"]
     assert parsed.receiver_image_pull_policy == receiver.get("imagePullPolicy", own_policy)
     port = container["ports"][0]["containerPort"]
     assert parsed.metrics_port == port
@@ -340,11 +374,17 @@ def test_the_operator_reads_every_variable_the_chart_sets(scenario: Path | None)
         assert parsed.policy == Policy()
 
 
-def test_a_receiver_image_of_its_own_keeps_the_clusters_pull_policy() -> None:
-    docs = render(values={"receiver": {"image": "registry.example/receiver:1"}})
+def test_the_chart_and_the_operator_default_to_the_same_receiver_image() -> None:
+    parsed = operator_settings.parse([], environ=container_env(render()))
+    assert parsed.receiver_image == operator_settings.DEFAULT_RECEIVER_IMAGE
+    assert parsed.receiver_image == f"{DEFAULT_RECEIVER_REPOSITORY}:{__version__}"
+
+
+def test_the_receiver_image_follows_the_operator_images_tag() -> None:
+    docs = render(values={"image": {"tag": "1.2.3", "pullPolicy": "Never"}})
     parsed = operator_settings.parse([], environ=container_env(docs))
-    assert parsed.receiver_image == "registry.example/receiver:1"
-    assert parsed.receiver_image_pull_policy == ""
+    assert parsed.receiver_image == f"{DEFAULT_RECEIVER_REPOSITORY}:1.2.3"
+    assert parsed.receiver_image_pull_policy == "Never"
 
 
 def test_the_image_tag_defaults_to_the_app_version() -> None:
@@ -352,6 +392,14 @@ def test_the_image_tag_defaults_to_the_app_version() -> None:
     image = deployment_of(render())["spec"]["template"]["spec"]["containers"][0]["image"]
     assert image.endswith(f":{chart['appVersion']}")
     assert chart["appVersion"] == __version__
+
+
+def test_the_chart_carries_the_packages_version() -> None:
+    # pyproject.toml holds the one version: the package's (and so __version__), and
+    # `make chart` packages the chart with it; Chart.yaml must say the same.
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["version"] == chart["appVersion"] == project["version"] == __version__
 
 
 # --- RBAC ---------------------------------------------------------------------------
@@ -369,7 +417,8 @@ def test_watching_every_namespace_binds_a_cluster_role_and_no_role() -> None:
 
 def test_a_namespace_list_gets_a_role_in_each_and_nothing_cluster_wide() -> None:
     docs = render(values={"watchNamespaces": ["team-a", "team-b"]})
-    assert not find(docs, "ClusterRole")
+    # Only the user roles aggregated into view and edit, which grant nothing unbound.
+    assert all(aggregated(role) for role in find(docs, "ClusterRole"))
     assert not find(docs, "ClusterRoleBinding")
     cluster_rules = rules_of(render(), "ClusterRole")
     for namespace in ("team-a", "team-b"):
@@ -390,6 +439,54 @@ def test_peering_adds_only_its_own_rule() -> None:
     assert namespaced - base == {
         ("kopf.dev", "kopfpeerings", verb) for verb in ("list", "watch", "patch")
     }
+
+
+def test_namespace_users_get_mailtrapwebhooks_through_view_and_edit() -> None:
+    roles = {role["metadata"]["name"]: role for role in find(render(), "ClusterRole")}
+    view, edit = (
+        roles["mailtrap-mailtrap-webhook-operator-view"],
+        roles["mailtrap-mailtrap-webhook-operator-edit"],
+    )
+    assert {key for key in view["metadata"]["labels"] if "aggregate-to" in key} == {
+        "rbac.authorization.k8s.io/aggregate-to-view"
+    }
+    assert {key for key in edit["metadata"]["labels"] if "aggregate-to" in key} == {
+        "rbac.authorization.k8s.io/aggregate-to-edit",
+        "rbac.authorization.k8s.io/aggregate-to-admin",
+    }
+    # MailtrapWebhooks only: never their status or finalizers, never another kind.
+    assert permissions(view["rules"]) == {
+        ("mailtrap.io", "mailtrapwebhooks", verb) for verb in ("get", "list", "watch")
+    }
+    assert {resource for _, resource, _ in permissions(edit["rules"])} == {"mailtrapwebhooks"}
+    assert {verb for _, _, verb in permissions(edit["rules"])} >= {"create", "patch", "delete"}
+    off = render(values={"rbac": {"aggregateClusterRoles": False}})
+    assert not [role for role in find(off, "ClusterRole") if aggregated(role)]
+
+
+def test_two_operator_pods_get_a_disruption_budget() -> None:
+    assert not find(render(), "PodDisruptionBudget")
+    (budget,) = find(render(values={"replicaCount": 2}), "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    assert (
+        budget["spec"]["selector"]["matchLabels"]
+        == deployment_of(render(values={"replicaCount": 2}))["spec"]["selector"]["matchLabels"]
+    )
+    assert not find(
+        render(values={"replicaCount": 2, "podDisruptionBudget": {"enabled": False}}),
+        "PodDisruptionBudget",
+    )
+
+
+def test_the_platform_may_assign_the_operators_user() -> None:
+    # OpenShift's restricted SCC assigns a user id; a fixed one would be refused.
+    values = {"podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None}}
+    pod = deployment_of(render(values=values))["spec"]["template"]["spec"]
+    assert not {"runAsUser", "runAsGroup", "fsGroup"} & set(pod["securityContext"])
+    # Still non-root, and the container's own context is untouched.
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    default = deployment_of(render())["spec"]["template"]["spec"]
+    assert pod["containers"][0]["securityContext"] == default["containers"][0]["securityContext"]
 
 
 def test_no_rbac_objects_when_rbac_is_off() -> None:

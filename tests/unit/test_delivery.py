@@ -15,7 +15,7 @@ import pytest
 
 from mailtrap_receiver.admin import Lifecycle
 from mailtrap_receiver.config import ReceiverConfig, parse_config
-from mailtrap_receiver.deadletters import DeadLetter
+from mailtrap_receiver.deadletters import DeadLetter, DeadLettersFull
 from mailtrap_receiver.delivery import SpoolSink
 from mailtrap_receiver.metrics import Metrics
 from mailtrap_receiver.sinks import SinkOverloaded, SinkUnavailable
@@ -318,6 +318,40 @@ async def test_invalid_events_are_kept_as_dead_letters(
     assert stored.key == letter.key
     assert stored.event == letter.event
     assert stored.target is None
+
+
+async def test_a_full_dead_letter_store_refuses_letters_and_holds_back_given_up_events(
+    make_sink: SinkFactory, target: RecordingTarget, spool_path: Path
+) -> None:
+    metrics = Metrics()
+    sink = await make_sink(
+        {"name": "app", "url": target.url, "retry": {"maxAttempts": 1, "maxBackoff": "100ms"}},
+        metrics=metrics,
+        maxDeadLetters=2,
+    )
+
+    def letter(key: str) -> DeadLetter:
+        return DeadLetter(key, "missing_field", "missing field: event", {}, time.time())
+
+    await sink.dead_letters.add([letter("first"), letter("second")])
+    with pytest.raises(DeadLettersFull, match="holds 2 of 2"):
+        await sink.dead_letters.add([letter("third")])
+    # The target refuses, the event cannot become a dead letter: it stays pending and
+    # is tried again (after maxBackoff), counted as held back, never dropped.
+    target.status = 400
+    refused = event()
+    assert (await sink.submit([refused])).accepted == 1
+
+    def held() -> float:
+        value = metrics.registry.get_sample_value(
+            "mailtrap_webhook_dead_letters_held_total", {"target": "app"}
+        )
+        return value or 0.0
+
+    await eventually(lambda: held() >= 2)
+    assert sink.spool.depth["app"] == 1
+    assert [stored.key for stored in letters(spool_path)] == ["first", "second"]
+    assert metrics.registry.get_sample_value("mailtrap_webhook_dead_letters_stored") == 2
 
 
 async def test_shutdown_delivers_what_is_due_within_the_grace_period(

@@ -25,21 +25,23 @@ def spool(tmp_path: Path) -> Path:
                 ("e2", "bounce", bodies["e2"], 2.0, "m2", ("crm",)),
             ]
         ]
-    )
+    ).ids
     file.write(
         [],
         letters=[
-            (
-                None,
-                "sha256:x",
-                None,
-                "missing_field",
-                "missing field: event",
-                b"{}",
-                None,
-                None,
-                3.0,
-            )
+            [
+                (
+                    None,
+                    "sha256:x",
+                    None,
+                    "missing_field",
+                    "missing field: event",
+                    b"{}",
+                    None,
+                    None,
+                    3.0,
+                )
+            ]
         ],
         outcomes=[
             (

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from mailtrap_receiver.events import (
+    BOUNDED_FIELDS,
     CANONICAL_EVENTS,
+    MAX_FIELD_LENGTH,
     WIRE_NAMES,
     Event,
     Invalid,
@@ -206,3 +208,33 @@ def test_objects_that_are_not_events(data: object, reason: str) -> None:
 def test_content_hash_ignores_key_order_only() -> None:
     assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
     assert content_hash({"a": 1, "b": [1, 2]}) != content_hash({"a": 1, "b": [2, 1]})
+
+
+@pytest.mark.parametrize("field", BOUNDED_FIELDS)
+@pytest.mark.parametrize(
+    "event",
+    [
+        delivery_event(),
+        {"event": "activity_log.user.updated", "actor": "x"},
+        {"event": "something_new", "event_id": "u-1"},
+    ],
+    ids=["sending", "audit_log", "unknown"],
+)
+def test_keys_and_logged_fields_are_bounded_in_every_family(
+    field: str, event: dict[str, object]
+) -> None:
+    # At the limit: as valid as before. One past it: invalid, whatever the family.
+    outcome = classify({**event, field: "e" * MAX_FIELD_LENGTH})
+    assert not (isinstance(outcome, Invalid) and "longer" in outcome.detail)
+    over = classify({**event, field: "e" * (MAX_FIELD_LENGTH + 1)})
+    assert isinstance(over, Invalid)
+    assert over.reason == "invalid_field"
+    assert over.detail == f"invalid field: {field} (longer than {MAX_FIELD_LENGTH} characters)"
+    assert over.key.startswith("sha256:")  # never the long value itself
+
+
+def test_a_huge_event_id_never_becomes_a_key() -> None:
+    outcome = classify(delivery_event(event_id="i" * 1_000_000))
+    assert isinstance(outcome, Invalid)
+    assert len(outcome.key) < 100
+    assert isinstance(classify(delivery_event(event_id="i" * 300), max_field_length=300), Event)

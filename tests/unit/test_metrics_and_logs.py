@@ -25,6 +25,9 @@ EXPECTED_METRICS = {
     "mailtrap_webhook_request_duration_seconds": "histogram",
     "mailtrap_webhook_events_received_total": "counter",
     "mailtrap_webhook_auth_failures_total": "counter",
+    "mailtrap_webhook_refused_total": "counter",
+    "mailtrap_webhook_open_connections": "gauge",
+    "mailtrap_webhook_arriving_body_bytes": "gauge",
     "mailtrap_webhook_duplicates_total": "counter",
     "mailtrap_webhook_invalid_events_total": "counter",
     "mailtrap_webhook_deliveries_total": "counter",
@@ -32,6 +35,11 @@ EXPECTED_METRICS = {
     "mailtrap_webhook_queue_depth": "gauge",
     "mailtrap_webhook_oldest_pending_age_seconds": "gauge",
     "mailtrap_webhook_dead_letters_total": "counter",
+    "mailtrap_webhook_dead_letters_stored": "gauge",
+    "mailtrap_webhook_store_writable": "gauge",
+    "mailtrap_webhook_spool_corruptions_total": "counter",
+    "mailtrap_webhook_dead_letters_expired_total": "counter",
+    "mailtrap_webhook_dead_letters_held_total": "counter",
     "mailtrap_webhook_end_to_end_lag_seconds": "histogram",
 }
 
@@ -94,6 +102,20 @@ async def test_the_admin_app(
     lifecycle.stopping = True
     assert (await (await client.get("/readyz")).json())["detail"] == "the receiver is stopping"
     assert (await client.get("/healthz")).status == 200
+    # A part that cannot work now fails readiness only; one that failed for good, both.
+    lifecycle.stopping = False
+    problem: list[str] = []
+    lifecycle.checks.append(lambda: problem[0] if problem else None)
+    assert (await client.get("/readyz")).status == 200
+    problem.append("the spool cannot write: database or disk is full")
+    not_ready = await client.get("/readyz")
+    assert not_ready.status == 503
+    assert (await not_ready.json())["detail"] == problem[0]
+    assert (await client.get("/healthz")).status == 200
+    problem.clear()
+    lifecycle.failure = "the spool writer process exited unexpectedly"
+    assert (await (await client.get("/readyz")).json())["detail"] == lifecycle.failure
+    assert (await client.get("/healthz")).status == 503
     scraped = await client.get("/metrics")
     assert scraped.headers["Content-Type"].startswith("text/plain; version=")
     assert "mailtrap_webhook_requests_total" in await scraped.text()
@@ -123,6 +145,11 @@ def _run_logging(fmt: str) -> str:
         "structlog.get_logger().debug('hidden')\n"
         "logging.getLogger('aiohttp.server').error('from the stdlib')\n"
     )
+    return _run(code)
+
+
+def _run(code: str) -> str:
+    """What ``code`` prints to stdout in a fresh interpreter (logging is process-wide)."""
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
@@ -162,10 +189,32 @@ def test_console_tracebacks_are_plain_whatever_is_installed() -> None:
         "except ValueError:\n"
         "    structlog.get_logger().exception('failed')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    output = _run(code)
+    assert "Traceback (most recent call last)" in output
+    assert "ValueError: boom" in output
+    assert "FANCY" not in output
+    assert "do-not-print" not in output
+
+
+def test_an_unparsable_request_is_logged_without_its_traceback() -> None:
+    # aiohttp's parse errors quote the line they could not parse (a credential, maybe).
+    code = (
+        "from mailtrap_receiver.logs import configure_logging\n"
+        "import logging\n"
+        "from aiohttp.http_exceptions import BadHttpMessage\n"
+        "configure_logging(format='json', level='info')\n"
+        "try:\n"
+        "    raise BadHttpMessage('Invalid header value char: Authorization: Basic c2VjcmV0')\n"
+        "except BadHttpMessage:\n"
+        "    logging.getLogger('aiohttp.server').exception('Error handling request')\n"
+        "try:\n"
+        "    raise ValueError('a bug')\n"
+        "except ValueError:\n"
+        "    logging.getLogger('aiohttp.server').exception('Unhandled exception')\n"
     )
-    assert "Traceback (most recent call last)" in done.stdout
-    assert "ValueError: boom" in done.stdout
-    assert "FANCY" not in done.stdout
-    assert "do-not-print" not in done.stdout
+    output = _run(code)
+    parse_error, bug = (orjson.loads(line) for line in output.splitlines())
+    assert parse_error["msg"] == "Error handling request (BadHttpMessage)"
+    assert "c2VjcmV0" not in output
+    assert "exception" not in parse_error
+    assert "ValueError: a bug" in bug["exception"]  # other errors keep their traceback

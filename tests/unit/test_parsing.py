@@ -1,13 +1,22 @@
-"""Body formats by Content-Type, the sniffing fallback, and 400/415 (parsing.py)."""
+"""Body formats by Content-Type, the sniffing fallback, 400/415, and the bounds on
+nesting and events per body (parsing.py)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from mailtrap_receiver.parsing import (
+    MAX_JSON_DEPTH,
     MalformedBody,
+    NestedTooDeep,
+    TooManyEvents,
     UnsupportedMediaType,
+    check_depth,
     media_type,
     parse_events,
 )
@@ -133,7 +142,8 @@ def test_unsupported_types_are_415(content_type: str) -> None:
         (b'{"events": {"event": "open"}}', "application/json"),
         (b'"just a string"', "application/json"),
         (b"\xff\xfe{}", "application/json"),
-        (b'{"a": ' * 2000 + b"1" + b"}" * 2000, "application/json"),  # too deep
+        (b"[" * 2000, "application/json"),  # unbalanced, not deep
+        (b'["]]]", 1]]]', "application/json"),
         (b"", "application/jsonl"),
         (b"\n \n", "application/x-ndjson"),
         (b'{"event": "open"}\n{oops\n', "application/jsonl"),
@@ -157,3 +167,103 @@ def test_unparseable_bodies_are_400(body: bytes, content_type: str | None) -> No
 def test_a_bad_json_line_is_named_by_number() -> None:
     with pytest.raises(MalformedBody, match="line 3"):
         parse_events(b'{"a": 1}\n\n{nope}\n', content_type="application/jsonl")
+
+
+def nested(depth: int, inner: object = 1) -> object:
+    """``inner`` inside ``depth`` levels of alternating arrays and objects."""
+    value = inner
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def depth_of(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max((depth_of(item) for item in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((depth_of(item) for item in value), default=0)
+    return 0
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        # {"events": [{...}]} takes three levels, a JSON line's event one.
+        ("application/json", json_body(delivery_event(extra=nested(MAX_JSON_DEPTH - 3)))),
+        ("application/jsonl", jsonl_body(delivery_event(extra=nested(MAX_JSON_DEPTH - 1)))),
+        (None, orjson.dumps(nested(MAX_JSON_DEPTH))),
+    ],
+)
+def test_a_body_at_the_depth_limit_is_parsed(content_type: str | None, body: bytes) -> None:
+    assert parse_events(body, content_type=content_type)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", json_body(delivery_event(extra=nested(MAX_JSON_DEPTH - 2)))),
+        ("application/json", b'{"events": [{"x": ' + b"[" * 300 + b"]" * 300 + b"}]}"),
+        ("application/json", b"[" * 2000 + b"]" * 2000),  # deeper than orjson reads
+        ("application/jsonl", jsonl_body(delivery_event(), delivery_event(extra=nested(32)))),
+        ("text/plain", orjson.dumps(nested(MAX_JSON_DEPTH + 1))),
+    ],
+)
+def test_a_body_nested_too_deep_is_400(content_type: str, body: bytes) -> None:
+    with pytest.raises(NestedTooDeep) as raised:
+        parse_events(body, content_type=content_type)
+    assert (raised.value.status, raised.value.code) == (400, "nesting_too_deep")
+
+
+def test_the_depth_limit_is_a_parameter() -> None:
+    body = orjson.dumps(nested(5))
+    assert parse_events(body, content_type="application/json", max_depth=5)
+    with pytest.raises(NestedTooDeep, match="deeper than 4 levels"):
+        parse_events(body, content_type="application/json", max_depth=4)
+
+
+def test_brackets_inside_strings_are_not_nesting() -> None:
+    # Strings full of brackets, escaped quotes and backslashes around them: shallow.
+    event = delivery_event(subject="[" * 100, note="]" * 100 + '\\"' + "{" * 50, path="C:\\[dir]\\")
+    assert parse_events(json_body(*[event] * 50), content_type="application/json")
+    # Brackets in strings placed to cancel the real ones: 100 levels deep all the same.
+    disguised = b'["]",' * 100 + b"0" + b',"["]' * 100
+    assert depth_of(orjson.loads(disguised)) == 100
+    with pytest.raises(NestedTooDeep):
+        check_depth(disguised, MAX_JSON_DEPTH)
+
+
+json_text = st.text(alphabet=st.sampled_from('[]{}"\\ab'), max_size=6)
+json_values = st.recursive(
+    st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1) | json_text,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(json_text, children, max_size=3)
+    ),
+    max_leaves=40,
+)
+
+
+@given(value=json_values, limit=st.integers(min_value=1, max_value=8))
+def test_check_depth_agrees_with_the_real_depth(value: Any, limit: int) -> None:
+    body = orjson.dumps(value)
+    if depth_of(value) > limit:
+        with pytest.raises(NestedTooDeep):
+            check_depth(body, limit)
+    else:
+        check_depth(body, limit)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("application/json", json_body(*[{}] * 1001)),
+        ("application/json", b"[" + b",".join([b"{}"] * 100_000) + b"]"),
+        ("application/jsonl", b"{}\n" * 1001),
+    ],
+)
+def test_more_events_than_the_limit_is_413(content_type: str, body: bytes) -> None:
+    with pytest.raises(TooManyEvents) as raised:
+        parse_events(body, content_type=content_type)
+    assert (raised.value.status, raised.value.code) == (413, "too_many_events")
+    assert parse_events(json_body(*[{}] * 1000), content_type="application/json")
+    with pytest.raises(TooManyEvents, match="at most 10 "):
+        parse_events(json_body(*[{}] * 11), content_type="application/json", max_events=10)

@@ -217,11 +217,39 @@ def test_operator_injected_keys_are_the_models_and_never_the_crds() -> None:
     assert not OPERATOR_INJECTED_KEYS & OPERATOR_ONLY_KEYS
 
 
-def test_max_body_size_agrees_with_the_crd_rule() -> None:
+def _int_or_string(schema: dict[str, Any], model: type[BaseModel], where: str) -> list[Any]:
+    """(path, CRD property, model field) of every int-or-string key (byte sizes)."""
+    found: list[Any] = []
+    fields = {field.alias: field for field in model.model_fields.values()}
+    for key, prop in schema.get("properties", {}).items():
+        field = fields.get(key)
+        if field is None:
+            continue
+        if prop.get("x-kubernetes-int-or-string"):
+            found.append((f"{where}.{key}", prop, field))
+        child = nested_model(field)
+        if child is not None and prop.get("type") == "object":
+            found += _int_or_string(prop, child, f"{where}.{key}")
+    return found
+
+
+BYTE_SIZES = _int_or_string(SPEC, ReceiverConfig, "spec")
+
+
+def test_every_byte_size_is_found() -> None:
+    assert {path for path, _, _ in BYTE_SIZES} == {
+        "spec.maxBodySize",
+        "spec.limits.minBodyRate",
+        "spec.limits.maxBodyMemory",
+    }
+
+
+@pytest.mark.parametrize(("path", "prop", "field"), BYTE_SIZES, ids=[p for p, _, _ in BYTE_SIZES])
+def test_each_byte_size_agrees_with_its_crd_rule(path: str, prop: Any, field: FieldInfo) -> None:
     # int-or-string must stay a bare anyOf in a structural schema, so the CRD states
     # the bounds in a CEL rule: "type(self) == int ? self >= N : self.matches('RE')".
-    prop = SPEC["properties"]["maxBodySize"]
     assert [branch["type"] for branch in prop["anyOf"]] == ["integer", "string"]
+    assert is_parsed_with(field, parse_byte_size), path
     rule = " ".join(item["rule"] for item in prop["x-kubernetes-validations"])
     minimum_match = re.search(r"self >= (\d+)", rule)
     pattern_match = re.search(r"self\.matches\('([^']+)'\)", rule)
@@ -238,7 +266,7 @@ def test_max_body_size_agrees_with_the_crd_rule() -> None:
     with pytest.raises(ValueError, match="byte"):
         parse_byte_size(minimum - 1)
     assert parse_byte_size(minimum) == minimum
-    assert ReceiverConfig.model_fields["max_body_size"].default == parse_byte_size(prop["default"])
+    assert field.default == parse_byte_size(prop["default"])
 
 
 def _event_enums(schema: Any, found: list[list[str]]) -> list[list[str]]:

@@ -318,7 +318,7 @@ async def test_delivered_mode_does_not_retry_a_refusal(target: RecordingTarget) 
 
 
 def test_an_unsafe_event_id_goes_out_hashed_in_the_header() -> None:
-    for unsafe in ("a\x08b", "line\r\nX-Injected: 1", "é" * 3, "x" * 500, "two words"):
+    for unsafe in ("a\x08b", "line\r\nX-Injected: 1", "é" * 3, "x" * 250, "two words"):
         item = Payload.from_event(event(event_id=unsafe))
         body, headers = encode(route(), [item])
         assert headers["Idempotency-Key"].startswith("sha256:")

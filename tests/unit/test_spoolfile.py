@@ -116,7 +116,7 @@ def test_open_existing_refuses_what_is_not_a_spool(tmp_path: Path) -> None:
 
 
 def test_one_write_stores_many_requests_in_one_commit(spool: SpoolFile, path: Path) -> None:
-    ids = spool.write([[row("e1"), row("e2", "a", "b")], [row("e3", "b")]])
+    ids = spool.write([[row("e1"), row("e2", "a", "b")], [row("e3", "b")]]).ids
     assert spool.commits == 1
     assert [len(store) for store in ids] == [2, 1]
     assert all(event_id > 0 for store in ids for event_id in store)
@@ -127,12 +127,12 @@ def test_one_write_stores_many_requests_in_one_commit(spool: SpoolFile, path: Pa
 
 
 def test_the_first_of_a_key_wins_within_a_group_and_later(spool: SpoolFile) -> None:
-    first, second = spool.write([[row("k1"), row("k1")], [row("k1"), row("k2")]])
+    first, second = spool.write([[row("k1"), row("k1")], [row("k1"), row("k2")]]).ids
     assert first[0] > 0
     assert first[1] == 0  # the same request repeated it
     assert second[0] == 0  # another request of the same group
     assert second[1] > 0
-    assert spool.write([[row("k2"), row("k3")]]) == [[0, second[1] + 1]]
+    assert spool.write([[row("k2"), row("k3")]]).ids == [[0, second[1] + 1]]
 
 
 def test_dedup_survives_a_restart_and_ends_with_its_window(
@@ -144,9 +144,9 @@ def test_dedup_survives_a_restart_and_ends_with_its_window(
     again.open()
     try:
         assert again.pending_events == 1  # counted at open
-        assert again.write([[row("kept")]]) == [[0]]
+        assert again.write([[row("kept")]]).ids == [[0]]
         clock.now += WINDOW + 1
-        assert again.write([[row("kept")]])[0][0] > 0  # remembered no longer
+        assert again.write([[row("kept")]]).ids[0][0] > 0  # remembered no longer
         clock.now += WINDOW + 1
         again.maintain()  # prunes expired keys
         assert count(path, "dedup") == 0
@@ -155,7 +155,9 @@ def test_dedup_survives_a_restart_and_ends_with_its_window(
 
 
 def test_outcomes_finish_retry_and_dead_letter(spool: SpoolFile, path: Path, clock: Clock) -> None:
-    [[both, only_a, doomed]] = spool.write([[row("both", "a", "b"), row("only-a"), row("doomed")]])
+    [[both, only_a, doomed]] = spool.write(
+        [[row("both", "a", "b"), row("only-a"), row("doomed")]]
+    ).ids
     spool.write(
         [],
         outcomes=[
@@ -202,7 +204,7 @@ def test_outcomes_finish_retry_and_dead_letter(spool: SpoolFile, path: Path, clo
 def test_polls_skip_what_a_worker_holds_and_say_when_more_is_due(
     spool: SpoolFile, clock: Clock
 ) -> None:
-    [ids] = spool.write([[row(f"e{n}") for n in range(5)]])
+    [ids] = spool.write([[row(f"e{n}") for n in range(5)]]).ids
     now = clock.now + 1
     loaded, more, _ = poll_pending(spool.conn, target="a", now=now, held=ids[:2], room=2)
     assert [item[0] for item in loaded] == ids[2:4]
@@ -255,17 +257,19 @@ def test_invalid_events_are_dead_letters_without_a_target(spool: SpoolFile) -> N
     spool.write(
         [],
         letters=[
-            (
-                None,
-                "sha256:abc",
-                None,
-                "not_object",
-                "event is not a JSON object",
-                b"[1]",
-                None,
-                None,
-                1.0,
-            ),
+            [
+                (
+                    None,
+                    "sha256:abc",
+                    None,
+                    "not_object",
+                    "event is not a JSON object",
+                    b"[1]",
+                    None,
+                    None,
+                    1.0,
+                ),
+            ]
         ],
     )
     [letter] = list_dead_letters(spool.conn)
@@ -278,11 +282,11 @@ def test_invalid_events_are_dead_letters_without_a_target(spool: SpoolFile) -> N
 
 
 def test_dead_letters_list_replay_and_purge(path: Path, spool: SpoolFile, clock: Clock) -> None:
-    [[one, two, three]] = spool.write([[row("one"), row("two", "b"), row("three")]])
+    [[one, two, three]] = spool.write([[row("one"), row("two", "b"), row("three")]]).ids
     spool.write(
         [],
         letters=[
-            (None, "bad", None, "missing_field", "missing field: event", b"{}", None, None, 2.0)
+            [(None, "bad", None, "missing_field", "missing field: event", b"{}", None, None, 2.0)]
         ],
         outcomes=[
             outcome("dead", "a", one, reason="attempts_exhausted", attempts=20),
@@ -309,3 +313,107 @@ def test_dead_letters_list_replay_and_purge(path: Path, spool: SpoolFile, clock:
     spool.maintain()
     assert spool.depth == {"a": 2, "b": 1}
     assert spool.pending_events == 3
+
+
+def invalid(key: str) -> tuple[None, str, None, str, str, bytes, None, None, float]:
+    return (None, key, None, "missing_field", "missing field: event", b"{}", None, None, 1.0)
+
+
+@pytest.fixture
+def small(path: Path, clock: Clock) -> Iterator[SpoolFile]:
+    """A spool that keeps at most 5 dead letters, for an hour."""
+    file = SpoolFile(
+        path,
+        targets=["a", "b"],
+        dedup_window=WINDOW,
+        max_dead_letters=5,
+        dead_letter_retention=3600,
+        clock=clock,
+    )
+    file.open()
+    yield file
+    file.close()
+
+
+def test_a_request_s_invalid_events_are_kept_together_or_refused(small: SpoolFile) -> None:
+    written = small.write(
+        [[row("valid")]],
+        letters=[
+            [invalid("r1-a"), invalid("r1-b"), invalid("r1-c")],
+            [invalid("r2-a"), invalid("r2-b"), invalid("r2-c")],  # does not fit: refused whole
+            [invalid("r3-a"), invalid("r3-b")],  # fits after the refusal
+        ],
+    )
+    assert written.refused == [1]
+    assert written.ids[0][0] > 0  # the valid event is stored all the same
+    assert small.dead_letters == 5
+    keys = [letter.key for letter in list_dead_letters(small.conn)]
+    assert keys == ["r1-a", "r1-b", "r1-c", "r3-a", "r3-b"]
+    assert small.write([], letters=[[invalid("r4")]]).refused == [0]
+    assert small.dead_letters == 5
+
+
+def test_when_full_an_event_given_up_on_stays_pending(small: SpoolFile, clock: Clock) -> None:
+    [[kept, doomed]] = small.write([[row("kept"), row("doomed")]]).ids
+    small.write([], letters=[[invalid(f"x{n}") for n in range(4)]])
+    written = small.write(
+        [],
+        outcomes=[
+            outcome("dead", "a", kept, attempts=20, due=clock.now + 600, reason="rejected"),
+            outcome("dead", "a", doomed, attempts=20, due=clock.now + 600, reason="rejected"),
+        ],
+    )
+    # Room for one more: the first becomes a dead letter, the second is held back.
+    assert written.held == [doomed]
+    assert small.dead_letters == 5
+    assert small.depth == {"a": 1, "b": 0}
+    rows = small.conn.execute("SELECT event_id, attempts, next_attempt_at FROM pending").fetchall()
+    assert rows == [(doomed, 20, clock.now + 600)]
+    # Once there is room it can become a dead letter like any other.
+    purge_dead_letters(small.conn, ids=[letter.id for letter in list_dead_letters(small.conn)])
+    small.maintain()  # recounts what dlq changed from outside
+    assert small.dead_letters == 0
+    written = small.write([], outcomes=[outcome("dead", "a", doomed, reason="rejected")])
+    assert written.held == []
+    assert small.dead_letters == 1
+
+
+def test_dead_letters_older_than_the_retention_are_deleted(
+    small: SpoolFile, clock: Clock, path: Path
+) -> None:
+    small.write([], letters=[[invalid("old-1"), invalid("old-2")]])
+    clock.now += 1800
+    small.write([], letters=[[invalid("young")]])
+    clock.now += 1801  # the first two are past the hour, the third is not
+    small.maintain()
+    assert [letter.key for letter in list_dead_letters(small.conn)] == ["young"]
+    assert (small.dead_letters, small.expired) == (1, 2)
+    assert small.state.expired == 2
+    small.close()
+    again = SpoolFile(path, targets=["a", "b"], dedup_window=WINDOW, clock=clock)
+    again.open()
+    try:
+        assert again.dead_letters == 1  # counted at open
+    finally:
+        again.close()
+
+
+def test_a_failed_write_is_reported_until_a_probe_or_write_works(spool: SpoolFile) -> None:
+    assert spool.state.unwritable is None
+    spool.conn.execute("PRAGMA query_only=ON")  # every write fails, as on a full disk
+    with pytest.raises(sqlite3.Error):
+        spool.write([[row("refused")]])
+    assert spool.unwritable is not None
+    assert "readonly" in spool.unwritable
+    spool.probe()
+    assert spool.state.unwritable is not None
+    spool.conn.execute("PRAGMA query_only=OFF")
+    spool.probe()
+    assert spool.unwritable is None
+    assert count(spool.path, "dedup") == 0  # the probe leaves nothing behind
+    spool.conn.execute("PRAGMA query_only=ON")
+    with pytest.raises(sqlite3.Error):
+        spool.write([[row("refused")]])
+    spool.conn.execute("PRAGMA query_only=OFF")
+    spool.write([[row("taken")]])
+    assert spool.unwritable is None

@@ -54,16 +54,13 @@ app.kubernetes.io/part-of: mailtrap-webhook-operator
 {{- if gt (int .Values.replicaCount) 1 }}{{ include "mailtrap-webhook-operator.fullname" . }}{{ end }}
 {{- end }}
 
-{{/* The receivers' default image: the operator's own unless receiver.image is set. */}}
+{{/* The receivers' default image: the receiver image of the operator's release. */}}
 {{- define "mailtrap-webhook-operator.receiverImage" -}}
-{{- default (include "mailtrap-webhook-operator.image" .) .Values.receiver.image }}
+{{- $tag := .Values.receiver.image.tag | default .Values.image.tag | default .Chart.AppVersion }}
+{{- printf "%s:%s" .Values.receiver.image.repository $tag }}
 {{- end }}
 
-{{/* Its pull policy: receiver.imagePullPolicy, else the operator's when the image is too. */}}
+{{/* Its pull policy: receiver.imagePullPolicy, else the operator image's. */}}
 {{- define "mailtrap-webhook-operator.receiverImagePullPolicy" -}}
-{{- if .Values.receiver.imagePullPolicy }}
-{{- .Values.receiver.imagePullPolicy }}
-{{- else if not .Values.receiver.image }}
-{{- .Values.image.pullPolicy }}
-{{- end }}
+{{- default .Values.image.pullPolicy .Values.receiver.imagePullPolicy }}
 {{- end }}

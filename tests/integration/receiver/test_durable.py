@@ -258,7 +258,10 @@ async def test_a_target_failing_forever_does_not_slow_a_healthy_one(
         f"answering 500 (mean lag {beside_lag * 1000:.1f} ms, {len(second_target.received)} "
         "failed requests to it)"
     )
-    assert len(second_target.received) >= count  # the broken one was tried, and retried
+    # The broken one was tried for every event, and retried. Its worker runs beside the
+    # healthy one's, not in step with it: on a busy machine the healthy target may have
+    # all its events a moment before the broken one has seen each of them once.
+    await eventually(lambda: len(second_target.received) >= count, within=30)
     await eventually(
         lambda: metric_is(beside, "mailtrap_webhook_queue_depth", 0, target="healthy"), within=10
     )
