@@ -477,16 +477,7 @@ class Reconciler:
                     failing_seconds=round(now - record.failing_since, 1),
                 )
                 return
-        new = status.build_status(
-            previous=previous,
-            generation=owner.generation,
-            url=builders.service_url(owner),
-            external_url=builders.external_url(owner),
-            config_hash=None,
-            rollout=None,
-            problem=problem,
-            now=self.clock(),
-        )
+        new = self._status(owner, previous, config_hash=None, rollout=None, problem=problem)
         await self._write_status(owner, record, previous, new)
 
     async def _suspend(
@@ -495,16 +486,8 @@ class Reconciler:
         """spec.suspend: nothing changes but the status, which says so."""
         self.contests.forget_owner(owner.key)
         self._deferred.pop(owner.key, None)
-        new = status.build_status(
-            previous=previous,
-            generation=owner.generation,
-            url=builders.service_url(owner),
-            external_url=builders.external_url(owner),
-            config_hash=None,
-            rollout=record.rollout,
-            problem=None,
-            now=self.clock(),
-            suspend=True,
+        new = self._status(
+            owner, previous, config_hash=None, rollout=record.rollout, problem=None, suspend=True
         )
         if not status.suspended(previous):
             self._event(owner, "Normal", status.SUSPENDED, status.SUSPENDED_MESSAGE)
@@ -606,15 +589,8 @@ class Reconciler:
                 )
 
         problem = drift_conflict(held, quiet=self.contests.quiet)
-        new = status.build_status(
-            previous=previous,
-            generation=owner.generation,
-            url=builders.service_url(owner),
-            external_url=builders.external_url(owner),
-            config_hash=config_hash,
-            rollout=record.rollout,
-            problem=problem,
-            now=self.clock(),
+        new = self._status(
+            owner, previous, config_hash=config_hash, rollout=record.rollout, problem=problem
         )
         await self._write_status(owner, record, previous, new)
         if only is not None:
@@ -818,6 +794,29 @@ class Reconciler:
 
     # -- status --
 
+    def _status(
+        self,
+        owner: Owner,
+        previous: Mapping[str, Any],
+        *,
+        config_hash: str | None,
+        rollout: status.Rollout | None,
+        problem: status.Problem | None,
+        suspend: bool = False,
+    ) -> dict[str, Any]:
+        """The status for the owner's current generation (`status.build_status`)."""
+        return status.build_status(
+            previous=previous,
+            generation=owner.generation,
+            url=builders.service_url(owner),
+            external_url=builders.external_url(owner),
+            config_hash=config_hash,
+            rollout=rollout,
+            problem=problem,
+            now=self.clock(),
+            suspend=suspend,
+        )
+
     async def _write_status(
         self,
         owner: Owner,
@@ -839,16 +838,8 @@ class Reconciler:
 
     async def _flush_status(self, owner: Owner, record: OwnerRecord) -> None:
         """Write what the status lacks; if that fails, a task retries until it lands."""
-        if record.status is None:
-            return
-        patch = status.merge_patch(previous=record.written or {}, new=record.status)
-        if patch is None:
-            return
-        try:
-            body = await self.api.patch_status(
-                namespace=owner.namespace, name=owner.name, status=patch
-            )
-        except ApiError as error:
+        error = await self._write_lacking(owner, record)
+        if error is not None:
             log.warning(
                 "status not written, retrying",
                 namespace=owner.namespace,
@@ -856,10 +847,25 @@ class Reconciler:
                 error=str(error),
             )
             self._retry_status(owner, error.retry_after)
-        else:
-            record.written = record.status
-            record.written_version = _version(body)
-            record.written_at = self.monotonic()
+
+    async def _write_lacking(self, owner: Owner, record: OwnerRecord) -> ApiError | None:
+        """Patch the status with what the API server's lacks, if anything; the error
+        if that failed."""
+        if record.status is None:
+            return None
+        patch = status.merge_patch(previous=record.written or {}, new=record.status)
+        if patch is None:
+            return None
+        try:
+            body = await self.api.patch_status(
+                namespace=owner.namespace, name=owner.name, status=patch
+            )
+        except ApiError as error:
+            return error
+        record.written = record.status
+        record.written_version = _version(body)
+        record.written_at = self.monotonic()
+        return None
 
     def _retry_status(self, owner: Owner, retry_after: float | None) -> None:
         if owner.key not in self._status_retrying:
@@ -885,23 +891,13 @@ class Reconciler:
                     return
                 async with self.ledger.lock(key):
                     record = self.ledger.known_owner(key, uid=owner.uid)
-                    if record is None or record.status is None:
+                    if record is None:
                         return
-                    patch = status.merge_patch(previous=record.written or {}, new=record.status)
-                    if patch is None:
+                    error = await self._write_lacking(owner, record)
+                    if error is None:
+                        log.info("status up to date", namespace=key[0], name=key[1])
                         return
-                    try:
-                        body = await self.api.patch_status(
-                            namespace=owner.namespace, name=owner.name, status=patch
-                        )
-                    except ApiError as error:
-                        retry_after = error.retry_after
-                        continue
-                    record.written = record.status
-                    record.written_version = _version(body)
-                    record.written_at = self.monotonic()
-                    log.info("status written", namespace=key[0], name=key[1], attempts=failures)
-                    return
+                    retry_after = error.retry_after
         except Exception:  # the next resync writes it (`ensure_status`)
             log.exception("status retries stopped", namespace=key[0], name=key[1])
         finally:

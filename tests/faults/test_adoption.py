@@ -48,6 +48,11 @@ def ready(admin: Admin, namespace: str, name: str) -> bool:
     return name in fleet.resources and fleet.ready(name)
 
 
+def owned(admin: Admin, namespace: str, name: str, uid: str) -> bool:
+    """Whether the resource is Ready and every child has it, by ``uid``, as owner."""
+    return ready(admin, namespace, name) and owner_uids(admin, namespace, name) == {uid}
+
+
 def test_orphaned_children_are_adopted_and_a_removed_reference_is_put_back(
     faults: Faults, namespace: str
 ) -> None:
@@ -64,10 +69,7 @@ def test_orphaned_children_are_adopted_and_a_removed_reference_is_put_back(
             cluster.kubectl("-n", namespace, "apply", "-f", "-", input_text=manifests(["moved"]))
             new_uid = admin.resource(namespace, "moved")["metadata"]["uid"]
             wait_for(
-                lambda: (
-                    ready(admin, namespace, "moved")
-                    and owner_uids(admin, namespace, "moved") == {new_uid}
-                ),
+                lambda: owned(admin, namespace, "moved", new_uid),
                 what="the re-created resource Ready, owning its old children",
                 timeout=120,
             )
@@ -117,10 +119,7 @@ def test_a_name_deleted_and_made_again_quickly_converges(faults: Faults, namespa
                 cluster.kubectl("-n", namespace, "apply", "-f", "-", input_text=text)
             last = admin.resource(namespace, "again")["metadata"]["uid"]
             wait_for(
-                lambda: (
-                    ready(admin, namespace, "again")
-                    and owner_uids(admin, namespace, "again") == {last}
-                ),
+                lambda: owned(admin, namespace, "again", last),
                 what="the last resource Ready, owning its children",
                 timeout=180,
             )
