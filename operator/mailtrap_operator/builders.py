@@ -138,13 +138,46 @@ def labels(*, owner: Owner, component: str) -> dict[str, str]:
     }
 
 
-def _metadata(owner: Owner, *, component: str) -> dict[str, Any]:
+# The component label of each kind of child: with the instance and managed-by
+# labels, what identifies an orphan this resource may adopt (see `ownership`).
+COMPONENTS: Final[Mapping[Kind, str]] = {
+    CONFIG_MAP: "config",
+    SERVICE: "receiver",
+    DEPLOYMENT: "receiver",
+    INGRESS: "ingress",
+    POD_DISRUPTION_BUDGET: "receiver",
+    NETWORK_POLICY: "receiver",
+    SERVICE_MONITOR: "metrics",
+}
+
+
+def _metadata(owner: Owner, kind: Kind) -> dict[str, Any]:
     return {
         "name": child_name(owner.name),
         "namespace": owner.namespace,
-        "labels": labels(owner=owner, component=component),
+        "labels": labels(owner=owner, component=COMPONENTS[kind]),
         "ownerReferences": [owner.owner_reference()],
     }
+
+
+def suspended(owner: Owner) -> bool:
+    """spec.suspend: the operator leaves every child as it is."""
+    return bool(owner.spec.get("suspend"))
+
+
+def replicas_external(spec: Mapping[str, Any]) -> bool:
+    """spec.replicasManagedExternally: another controller (an autoscaler) owns the
+    Deployment's replicas; the operator sets them only when it creates it."""
+    return bool(spec.get("replicasManagedExternally"))
+
+
+def creation_manifest(owner: Owner, manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What a create sends: the manifest, plus the initial replicas of a Deployment
+    whose replicas are left to another controller (its applies leave them out)."""
+    if manifest.get("kind") != DEPLOYMENT.kind or not replicas_external(owner.spec):
+        return dict(manifest)
+    spec = {**manifest["spec"], "replicas": int(owner.spec.get("replicas", DEFAULT_REPLICAS))}
+    return {**manifest, "spec": spec}
 
 
 def service_url(owner: Owner) -> str:
@@ -300,7 +333,7 @@ def build_config_map(*, owner: Owner, config_text: str) -> dict[str, Any]:
     return {
         "apiVersion": CONFIG_MAP.api_version,
         "kind": CONFIG_MAP.kind,
-        "metadata": _metadata(owner, component="config"),
+        "metadata": _metadata(owner, CONFIG_MAP),
         "data": {CONFIG_FILE: config_text},
     }
 
@@ -413,7 +446,10 @@ def build_deployment(
     if pull_policy:
         container["imagePullPolicy"] = pull_policy
 
-    pod_labels = {**dict(spec.get("podLabels") or {}), **labels(owner=owner, component="receiver")}
+    pod_labels = {
+        **dict(spec.get("podLabels") or {}),
+        **labels(owner=owner, component=COMPONENTS[DEPLOYMENT]),
+    }
     pod_annotations = {
         **dict(spec.get("podAnnotations") or {}),
         "kubectl.kubernetes.io/default-container": CONTAINER_NAME,
@@ -438,12 +474,17 @@ def build_deployment(
         if spec.get(key):
             pod_spec[key] = copy.deepcopy(spec[key])
 
+    # Replicas left to another controller are not in the apply at all, so server-side
+    # apply leaves them to whoever sets them (see `creation_manifest`).
+    replicas: dict[str, int] = {}
+    if not replicas_external(spec):
+        replicas["replicas"] = int(spec.get("replicas", DEFAULT_REPLICAS))
     return {
         "apiVersion": DEPLOYMENT.api_version,
         "kind": DEPLOYMENT.kind,
-        "metadata": _metadata(owner, component="receiver"),
+        "metadata": _metadata(owner, DEPLOYMENT),
         "spec": {
-            "replicas": int(spec.get("replicas", DEFAULT_REPLICAS)),
+            **replicas,
             "revisionHistoryLimit": 3,
             "selector": {"matchLabels": selector_labels(owner)},
             # Never below the wanted number of ready receivers while rolling.
@@ -463,7 +504,7 @@ def build_service(owner: Owner) -> dict[str, Any]:
     return {
         "apiVersion": SERVICE.api_version,
         "kind": SERVICE.kind,
-        "metadata": _metadata(owner, component="receiver"),
+        "metadata": _metadata(owner, SERVICE),
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(owner),
@@ -488,7 +529,7 @@ def build_ingress(owner: Owner) -> dict[str, Any] | None:
     if not ingress.get("host"):
         raise SpecError("spec.ingress.host is required when spec.ingress.enabled is true")
     host = str(ingress["host"])
-    metadata = _metadata(owner, component="ingress")
+    metadata = _metadata(owner, INGRESS)
     if ingress.get("annotations"):
         metadata["annotations"] = dict(ingress["annotations"])
     spec: dict[str, Any] = {
@@ -536,7 +577,7 @@ def build_pod_disruption_budget(owner: Owner) -> dict[str, Any] | None:
     return {
         "apiVersion": POD_DISRUPTION_BUDGET.api_version,
         "kind": POD_DISRUPTION_BUDGET.kind,
-        "metadata": _metadata(owner, component="receiver"),
+        "metadata": _metadata(owner, POD_DISRUPTION_BUDGET),
         "spec": {
             "minAvailable": int(pdb.get("minAvailable", DEFAULT_MIN_AVAILABLE)),
             "selector": {"matchLabels": selector_labels(owner)},
@@ -560,7 +601,7 @@ def build_network_policy(owner: Owner) -> dict[str, Any] | None:
     return {
         "apiVersion": NETWORK_POLICY.api_version,
         "kind": NETWORK_POLICY.kind,
-        "metadata": _metadata(owner, component="receiver"),
+        "metadata": _metadata(owner, NETWORK_POLICY),
         "spec": {
             "podSelector": {"matchLabels": selector_labels(owner)},
             # Ingress only: targets may be anywhere, so egress stays open.
@@ -577,7 +618,7 @@ def build_service_monitor(owner: Owner) -> dict[str, Any] | None:
     monitor = owner.spec.get("serviceMonitor") or {}
     if not monitor.get("enabled"):
         return None
-    metadata = _metadata(owner, component="metrics")
+    metadata = _metadata(owner, SERVICE_MONITOR)
     metadata["labels"] = {**dict(monitor.get("labels") or {}), **metadata["labels"]}
     return {
         "apiVersion": SERVICE_MONITOR.api_version,

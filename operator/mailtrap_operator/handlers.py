@@ -16,6 +16,10 @@ kopf's ``memo``.
 
 Secrets are not watched: see `reconciler` for why nothing needs to be.
 
+At start, the reconciler gets kopf's indexes (for work it does in the background)
+and `resync` starts its loop, which re-lists children every resync period and
+after API outages.
+
 Two indexes answer "who owns what" without reading the API: owners by
 (namespace, name), and children (with their uid and their controller's uid) by
 owner, which `reconciler` checks before it writes any child (see `ownership`).
@@ -29,25 +33,25 @@ from typing import Any, Final
 
 import kopf
 
-from .reconciler import ChildRef, Reconciler, retry_delay
+from .reconciler import ChildRef, Lookups, Reconciler, retry_delay
 from .resources import (
-    CHILD_KINDS,
     GROUP,
     KOPF_ANNOTATION_PREFIX,
     MANAGED_BY_SELECTOR,
     OPERATOR_NAME,
     PLURAL,
     VERSION,
-    Kind,
+    WATCHED_CHILD_KINDS,
     Owner,
     OwnerKey,
     controller_owner,
 )
+from .resync import Resync
 from .settings import Settings
 
 MTWH: Final = (GROUP, VERSION, PLURAL)
 MANAGED_LABELS: Final = {MANAGED_BY_SELECTOR.split("=")[0]: MANAGED_BY_SELECTOR.split("=")[1]}
-WATCHED_CHILDREN: Final[tuple[Kind, ...]] = tuple(kind for kind in CHILD_KINDS if kind.watched)
+WATCHED_CHILDREN: Final = WATCHED_CHILD_KINDS
 # kopf's own requests in flight (patches of its annotations), beside the watches.
 REQUEST_CONNECTIONS: Final = 24
 
@@ -112,6 +116,24 @@ class _Indexes:
     def children_of(self, key: OwnerKey) -> Iterable[ChildRef]:
         return tuple(self.children.get(key, ()))
 
+    def all_children(self) -> list[ChildRef]:
+        return [child for store in self.children.values() for child in store]
+
+
+# --- starting ---------------------------------------------------------------------
+
+
+@kopf.on.startup()
+async def start(*, memo: Any, **kwargs: Any) -> None:
+    """Hand kopf's indexes to the reconciler and start the resync loop."""
+    indexes = _Indexes.of(kwargs)
+    reconciler = _reconciler(memo)
+    reconciler.bind(Lookups(indexes.owner, indexes.children_of))
+    resync = Resync(
+        reconciler=reconciler, settings=reconciler.settings, indexed=indexes.all_children
+    )
+    reconciler.start(resync.run())
+
 
 # --- connecting -----------------------------------------------------------------------
 
@@ -143,10 +165,12 @@ def mtwh_owners(*, body: kopf.Body, **_: Any) -> dict[OwnerKey, Owner]:
 
 def mtwh_children(
     *, body: kopf.Body, name: str, resource: kopf.Resource, **_: Any
-) -> dict[OwnerKey, ChildRef] | None:
+) -> dict[OwnerKey, ChildRef]:
     owner = controller_owner(body)
     if owner is None:
-        return None
+        # Empty, not None: kopf keeps an object's earlier entries when the function
+        # returns None, and a child orphaned since would still read as controlled.
+        return {}
     uid = str((body.get("metadata") or {}).get("uid") or "")
     return {owner[0]: ChildRef(str(resource.kind), name, uid, owner[1])}
 

@@ -10,11 +10,20 @@ the rest of the operator awaits them.
 `reconciler` makes every request: reads, creates and server-side applies of
 children (each conditioned on the owner check of `ownership`), deletion of
 children no longer wanted, reading which keys the Secrets a spec references
-have (never keeping their values), writing the owner's status, posting Events,
-and an API discovery check (cached) for optional kinds such as the Prometheus
-Operator's ServiceMonitor. The other
-caller, `handlers.login`, only gets kopf's own HTTP session from here
-(`KubeApi.kopf_session`), so that kopf's connection pool is bounded too.
+have (never keeping their values), writing the owner's status, and an API
+discovery check (cached) for optional kinds such as the Prometheus Operator's
+ServiceMonitor. `resync` lists children and owners, `recorder` posts and
+patches Events. The other caller, `handlers.login`, only gets kopf's own HTTP
+session from here (`KubeApi.kopf_session`), so that kopf's connection pool is
+bounded too.
+
+Transient failures (no answer, 408, 429, 5xx) are retried here, a few times
+within `RETRY_BUDGET` seconds, after the server's ``Retry-After`` when it sends
+one (an API server limiting requests in flight does), else after a jittered
+backoff; what still fails raises `ApiError` with `ApiError.transient` set, for
+`reconciler` to wait out. `Connectivity` follows whether the API server answers,
+from our requests and from kopf's (a trace on its session): `resync` re-lists
+everything soon after an outage ends, since watches miss what changed meanwhile.
 """
 
 from __future__ import annotations
@@ -25,10 +34,10 @@ import contextlib
 import datetime
 import functools
 import time
-import uuid
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -39,6 +48,9 @@ import urllib3
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
 
+from mailtrap_receiver.retry import backoff, parse_retry_after
+
+from .logs import get_logger
 from .resources import (
     EVENT,
     FIELD_MANAGER,
@@ -48,6 +60,7 @@ from .resources import (
     Kind,
     SecretInfo,
 )
+from .status import timestamp
 
 # Old kopf sessions may still finish requests after a re-login; closed this much later.
 _SESSION_GRACE_SECONDS: Final = 60.0
@@ -56,16 +69,38 @@ _TIMEOUT: Final = (5.0, 30.0)
 _APPLY: Final = "application/apply-patch+yaml"
 _MERGE: Final = "application/merge-patch+json"
 _JSON: Final = "application/json"
+# Answers worth asking again: none at all (status 0), a timeout, throttling, and the
+# server's own trouble (etcd unavailable, a restart under way).
+TRANSIENT_STATUSES: Final = frozenset({0, 408, 429, 500, 502, 503, 504})
+# Retries of one request, and the seconds they may take in all; what still fails is
+# the caller's to retry later (the reconciler waits it out, see reconciler).
+RETRIES: Final = 4
+RETRY_BUDGET: Final = 15.0
+FIRST_BACKOFF: Final = 0.5
+MAX_BACKOFF: Final = 5.0
+# Objects per page of a LIST: a thousand Deployments with their managedFields in one
+# answer would be tens of megabytes at once.
+LIST_PAGE: Final = 250
+
+log = get_logger(__name__)
 
 
 class ApiError(Exception):
     """A failed API request: HTTP status and the server's message (never our request body)."""
 
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, *, retry_after: float | None = None
+    ) -> None:
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after  # seconds the server asked us to wait, if it did
         super().__init__(f"{status} {reason}: {message}" if message else f"{status} {reason}")
+
+    @property
+    def transient(self) -> bool:
+        """No answer, or an answer that says "later": asking again may well work."""
+        return self.status in TRANSIENT_STATUSES
 
     @property
     def namespace_terminating(self) -> bool:
@@ -106,6 +141,50 @@ class _Cached:
     expires: float
 
 
+class Connectivity:
+    """Whether the API server answers: down from the first request that got no
+    answer (or a 5xx), up again at the next answer, when the listeners hear how
+    long the outage lasted. Fed by our requests and by kopf's (`trace`)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.down_since: float | None = None
+        self._listeners: list[Callable[[float], None]] = []
+
+    def add_listener(self, listener: Callable[[float], None]) -> None:
+        self._listeners.append(listener)
+
+    def observe(self, status: int) -> None:
+        if status == 0 or 500 <= status < 600:
+            if self.down_since is None:
+                self.down_since = self.clock()
+                log.warning("kubernetes api not answering", status=status)
+            return
+        if self.down_since is None:
+            return
+        outage = self.clock() - self.down_since
+        self.down_since = None
+        log.info("kubernetes api answering again", outage_seconds=round(outage, 1))
+        for listener in self._listeners:
+            listener(outage)
+
+    def trace(self) -> aiohttp.TraceConfig:
+        """What kopf's requests (watches included) tell about the API server."""
+        config = aiohttp.TraceConfig()
+
+        async def answered(_: Any, __: SimpleNamespace, params: Any) -> None:
+            self.observe(int(params.response.status))
+
+        async def failed(_: Any, __: SimpleNamespace, params: Any) -> None:
+            # Cancelled requests (kopf stopping a watch) say nothing about the server.
+            if isinstance(params.exception, OSError | aiohttp.ClientError | TimeoutError):
+                self.observe(0)
+
+        config.on_request_end.append(answered)
+        config.on_request_exception.append(failed)
+        return config
+
+
 @dataclass
 class KubeApi:
     """Raw, async-friendly access to the API server with the client's credentials."""
@@ -116,6 +195,9 @@ class KubeApi:
     _executor: concurrent.futures.ThreadPoolExecutor = field(init=False)
     _served: dict[tuple[str, str], _Cached] = field(init=False, default_factory=dict)
     _kopf_session: aiohttp.ClientSession | None = field(init=False, default=None)
+    connectivity: Connectivity = field(default_factory=Connectivity)
+    # Waits between retries of a request: the first, and the most (see `_request`).
+    backoff: tuple[float, float] = (FIRST_BACKOFF, MAX_BACKOFF)
 
     def __post_init__(self) -> None:
         self._executor = concurrent.futures.ThreadPoolExecutor(
@@ -130,11 +212,24 @@ class KubeApi:
             k8s_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except k8s_config.ConfigException:
             k8s_config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+        return cls.with_configuration(configuration, workers=workers, discovery_ttl=discovery_ttl)
+
+    @classmethod
+    def with_configuration(
+        cls, configuration: Any, *, workers: int = 8, discovery_ttl: float = 60.0, **kwargs: Any
+    ) -> KubeApi:
+        """A client of the API server that ``configuration`` describes."""
         # One pooled connection per worker thread, so no request waits for a socket.
         configuration.connection_pool_maxsize = workers
+        # urllib3 would sleep out a Retry-After in the worker thread itself, holding
+        # it; answers are retried here instead (`_request`), and only connections
+        # that fail before any answer (a pooled one the server closed) by urllib3.
+        configuration.retries = urllib3.util.Retry(
+            total=2, status=0, redirect=0, respect_retry_after_header=False, raise_on_status=False
+        )
         api_client = k8s_client.ApiClient(configuration)
         api_client.user_agent = f"{OPERATOR_NAME}"
-        return cls(api_client=api_client, workers=workers, discovery_ttl=discovery_ttl)
+        return cls(api_client=api_client, workers=workers, discovery_ttl=discovery_ttl, **kwargs)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -165,6 +260,7 @@ class KubeApi:
             auth=auth,
             proxy=info.proxy_url,
             trust_env=info.trust_env,
+            trace_configs=[self.connectivity.trace()],
         )
         loop = asyncio.get_running_loop()
         if self._kopf_session is not None:
@@ -190,7 +286,7 @@ class KubeApi:
         query: Mapping[str, str] | None,
         body: Any,
         content_type: str | None,
-    ) -> tuple[int, bytes]:
+    ) -> tuple[int, bytes, str | None]:
         headers = {"Accept": _JSON}
         if content_type:
             headers["Content-Type"] = content_type
@@ -207,10 +303,10 @@ class KubeApi:
                 method, url, header_params=headers, body=body, _request_timeout=_TIMEOUT
             )
             data: bytes = response.read() or b""
-            return int(response.status), data
+            return int(response.status), data, response.headers.get("Retry-After")
         except (urllib3.exceptions.HTTPError, OSError) as error:
-            # Status 0: the request never got an answer; callers retry later.
-            raise ApiError(0, "Unreachable", type(error).__name__) from None
+            # Status 0: the request never got an answer.
+            return 0, type(error).__name__.encode(), None
 
     async def _request(
         self,
@@ -222,19 +318,62 @@ class KubeApi:
         content_type: str | None = None,
         missing_ok: bool = False,
     ) -> dict[str, Any] | None:
+        """One request, retried while it fails transiently (see the module docstring).
+
+        Every request here may be sent twice: reads, applies, merge patches and
+        deletes with preconditions are idempotent, and a create that did happen
+        answers AlreadyExists the second time, which its callers handle.
+        """
         loop = asyncio.get_running_loop()
-        status, data = await loop.run_in_executor(
-            self._executor,
-            functools.partial(self._call, method, path, query, body, content_type),
-        )
-        if status == 404 and missing_ok:
-            return None
-        if not 200 <= status < 300:
-            raise _error(status, data)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            status, data, retry_after = await loop.run_in_executor(
+                self._executor,
+                functools.partial(self._call, method, path, query, body, content_type),
+            )
+            self.connectivity.observe(status)
+            if status == 404 and missing_ok:
+                return None
+            if 200 <= status < 300:
+                break
+            error = _error(status, data, retry_after)
+            attempt += 1
+            if not error.transient or attempt > RETRIES:
+                raise error
+            # Never sooner than the server asked; a longer wait than the budget is
+            # left to the caller, with the server's Retry-After in the error.
+            delay = max(
+                backoff(failures=attempt, initial=self.backoff[0], maximum=self.backoff[1]),
+                error.retry_after or 0.0,
+            )
+            if time.monotonic() + delay - started > RETRY_BUDGET:
+                raise error
+            await asyncio.sleep(delay)
         if not data:
             return {}
         decoded = orjson.loads(data)
         return decoded if isinstance(decoded, dict) else {}
+
+    async def list_objects(
+        self, *, kind: Kind, namespace: str | None, label_selector: str = ""
+    ) -> tuple[list[dict[str, Any]], str]:
+        """Every object of a kind (in one namespace, or all when None), page by page;
+        and the resourceVersion the first page was read at."""
+        items: list[dict[str, Any]] = []
+        version = ""
+        query = {"limit": str(LIST_PAGE)}
+        if label_selector:
+            query["labelSelector"] = label_selector
+        while True:
+            page = await self._request("GET", kind.list_path(namespace=namespace), query=query)
+            meta = (page or {}).get("metadata") or {}
+            version = version or str(meta.get("resourceVersion") or "")
+            items.extend((page or {}).get("items") or ())
+            token = meta.get("continue")
+            if not token:
+                return items, version
+            query = {**query, "continue": str(token)}
 
     # -- children --
     #
@@ -339,8 +478,7 @@ class KubeApi:
         cached = self._served.get(cache_key)
         if cached is not None and cached.expires > now:
             return cached.value
-        root = f"/apis/{kind.api_version}" if kind.group else f"/api/{kind.version}"
-        result = await self._request("GET", root, missing_ok=True)
+        result = await self._request("GET", kind.api_root, missing_ok=True)
         value = result is not None and any(
             item.get("name") == kind.plural for item in result.get("resources") or ()
         )
@@ -365,20 +503,20 @@ class KubeApi:
         self,
         *,
         owner: Mapping[str, str],
+        name: str,
         event_type: str,
         reason: str,
         message: str,
-        now: datetime.datetime,
+        count: int,
+        first: datetime.datetime,
+        last: datetime.datetime,
     ) -> None:
-        """A core/v1 Event on the owner, as ``kubectl describe`` shows them."""
-        stamp = now.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        """A core/v1 Event on the owner, as ``kubectl describe`` shows them. Named by
+        the caller, so one sent twice (a retry after no answer) is made once."""
         event = {
             "apiVersion": "v1",
             "kind": "Event",
-            "metadata": {
-                "name": f"{owner['name']}.{uuid.uuid4().hex[:16]}",
-                "namespace": owner["namespace"],
-            },
+            "metadata": {"name": name, "namespace": owner["namespace"]},
             "involvedObject": {
                 "apiVersion": MAILTRAP_WEBHOOK.api_version,
                 "kind": MAILTRAP_WEBHOOK.kind,
@@ -391,16 +529,30 @@ class KubeApi:
             # The API server caps messages at 1 KiB.
             "message": message[:1000],
             "source": {"component": OPERATOR_NAME},
-            "firstTimestamp": stamp,
-            "lastTimestamp": stamp,
-            "count": 1,
+            "firstTimestamp": timestamp(first),
+            "lastTimestamp": timestamp(last),
+            "count": count,
         }
-        await self._request(
-            "POST",
-            EVENT.path(namespace=owner["namespace"]),
-            body=event,
-            content_type=_JSON,
+        try:
+            await self._request(
+                "POST", EVENT.path(namespace=owner["namespace"]), body=event, content_type=_JSON
+            )
+        except ApiError as error:
+            if not error.already_exists:
+                raise
+
+    async def patch_event(
+        self, *, namespace: str, name: str, count: int, last: datetime.datetime
+    ) -> bool:
+        """Count one more occurrence on an Event; False when it is gone (expired)."""
+        result = await self._request(
+            "PATCH",
+            EVENT.path(namespace=namespace, name=name),
+            body={"count": count, "lastTimestamp": timestamp(last)},
+            content_type=_MERGE,
+            missing_ok=True,
         )
+        return result is not None
 
 
 def _close_later(session: aiohttp.ClientSession) -> None:
@@ -412,11 +564,14 @@ def _close_later(session: aiohttp.ClientSession) -> None:
 _closing: set[asyncio.Future[None]] = set()
 
 
-def _error(status: int, data: bytes) -> ApiError:
+def _error(status: int, data: bytes, retry_after: str | None = None) -> ApiError:
+    if status == 0:  # no answer: the data is the name of the error
+        return ApiError(0, "Unreachable", data.decode(errors="replace"))
     reason, message = "", ""
     with contextlib.suppress(orjson.JSONDecodeError):
         decoded = orjson.loads(data)
         if isinstance(decoded, dict):
             reason = str(decoded.get("reason") or "")
             message = str(decoded.get("message") or "")
-    return ApiError(status, reason or "Error", message)
+    wait = parse_retry_after(retry_after, now=time.time())
+    return ApiError(status, reason or "Error", message, retry_after=wait)

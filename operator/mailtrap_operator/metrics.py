@@ -1,6 +1,7 @@
 """The operator's own Prometheus metrics and the small HTTP server that serves them.
 
-`reconciler` counts and times every reconcile; `handlers` keep the gauge of
+`reconciler` counts and times every reconcile, drift repairs and the children it
+stopped repairing; `resync` counts its re-lists; `handlers` keep the gauge of
 managed resources; `cli` starts `serve` next to kopf, on the metrics port, with
 ``/metrics`` and ``/healthz`` (200 once kopf is up and watching).
 
@@ -19,6 +20,8 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 PREFIX: Final = "mailtrap_operator_"
 OUTCOMES: Final = ("success", "degraded", "error")
+# What started a resync: its period, or the API server answering again after an outage.
+RESYNC_TRIGGERS: Final = ("period", "recovery")
 
 
 class OperatorMetrics:
@@ -51,8 +54,23 @@ class OperatorMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.drift_conflicts = Gauge(
+            f"{PREFIX}drift_conflicts",
+            "Children the operator stopped putting back because another writer keeps "
+            "changing them (DriftConflict).",
+            registry=self.registry,
+        )
+        self.resyncs = Counter(
+            f"{PREFIX}resyncs",
+            "Re-lists of every child and MailtrapWebhook, compared with what the operator "
+            "applied, by trigger (period; recovery: the API server answering again).",
+            ["trigger"],
+            registry=self.registry,
+        )
         for outcome in OUTCOMES:
             self.reconciles.labels(outcome=outcome)
+        for trigger in RESYNC_TRIGGERS:
+            self.resyncs.labels(trigger=trigger)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -61,9 +61,18 @@ class Kind:
         so a name such as ``../../other/secrets/x`` can never address anything
         outside ``namespace`` (the CRD's patterns refuse such names first).
         """
-        root = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        path = f"{root}/namespaces/{_segment(namespace)}/{self.plural}"
+        path = f"{self.api_root}/namespaces/{_segment(namespace)}/{self.plural}"
         return f"{path}/{_segment(name)}" if name is not None else path
+
+    def list_path(self, *, namespace: str | None) -> str:
+        """The collection in one namespace, or in every namespace when None."""
+        if namespace is None:
+            return f"{self.api_root}/{self.plural}"
+        return self.path(namespace=namespace)
+
+    @property
+    def api_root(self) -> str:
+        return f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
 
 
 def _segment(value: str) -> str:
@@ -95,6 +104,7 @@ CHILD_KINDS: Final[tuple[Kind, ...]] = (
     SERVICE_MONITOR,
 )
 KINDS_BY_NAME: Final[Mapping[str, Kind]] = {kind.kind: kind for kind in CHILD_KINDS}
+WATCHED_CHILD_KINDS: Final[tuple[Kind, ...]] = tuple(kind for kind in CHILD_KINDS if kind.watched)
 
 MAILTRAP_WEBHOOK: Final = Kind(KIND, GROUP, VERSION, PLURAL, watched=False)
 SECRET: Final = Kind("Secret", "", "v1", "secrets", watched=False)
@@ -114,6 +124,7 @@ class Owner:
     spec: Mapping[str, Any]
     status: Mapping[str, Any] = field(default_factory=dict)
     deleting: bool = False
+    resource_version: str = ""
 
     @property
     def key(self) -> OwnerKey:
@@ -131,6 +142,7 @@ class Owner:
             spec=copy.deepcopy(dict(body.get("spec") or {})),
             status=copy.deepcopy(dict(body.get("status") or {})),
             deleting=meta.get("deletionTimestamp") is not None,
+            resource_version=str(meta.get("resourceVersion") or ""),
         )
 
     def owner_reference(self) -> dict[str, Any]:

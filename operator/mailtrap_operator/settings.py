@@ -34,6 +34,8 @@ DEFAULT_RECEIVER_IMAGE: Final = (
 LOG_FORMATS: Final = ("json", "console")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 PULL_POLICIES: Final = ("", "Always", "IfNotPresent", "Never")
+# Seconds between re-lists of every child (see resync): a few LISTs each time.
+DEFAULT_RESYNC_PERIOD: Final = 300.0
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -50,6 +52,7 @@ class Settings:
     priority: int = 0
     api_workers: int = 8
     discovery_ttl: float = 60.0
+    resync_period: float = DEFAULT_RESYNC_PERIOD
     # Mailtrap's API (managed mode).
     mailtrap_api_url: str = DEFAULT_API_URL
     policy: Policy = field(default_factory=Policy)
@@ -126,6 +129,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value >= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError("must be at least 1 (second)")
     return value
 
 
@@ -225,6 +235,14 @@ def build_parser(*, environ: Mapping[str, str] | None = None) -> argparse.Argume
         type=float,
         default=_env(env, "DISCOVERY_TTL", "60"),
         help="seconds the ServiceMonitor API check is cached (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--resync-period",
+        type=_seconds,
+        default=_env(env, "RESYNC_PERIOD", f"{DEFAULT_RESYNC_PERIOD:g}"),
+        help="seconds between re-lists of every child, to repair what the watches missed "
+        "(jittered by 10%%; also soon after the API server answers again; "
+        "default: %(default)s)",
     )
     _add_mailtrap_arguments(parser, env)
     _add_policy(parser.add_argument_group("policy: what a MailtrapWebhook may ask for"), env)
@@ -340,6 +358,7 @@ def parse(
         priority=int(priority),
         api_workers=int(args.api_workers),
         discovery_ttl=float(args.discovery_ttl),
+        resync_period=float(args.resync_period),
         mailtrap_api_url=args.mailtrap_api_url,
         policy=Policy(
             **{name: getattr(args, name) for name, _, _ in _POLICY_OPTIONS},

@@ -27,6 +27,14 @@ CONDITION_TYPES: Final = (READY, PROGRESSING, DEGRADED)
 # Degraded because the Deployment says its rollout failed: read from the
 # Deployment each time, never carried over like a reconcile's problem.
 ROLLOUT_FAILED: Final = "RolloutFailed"
+# Degraded because another writer keeps changing fields of a child: the rest is
+# applied, and readiness still follows the Deployment (see `contest`).
+DRIFT_CONFLICT: Final = "DriftConflict"
+# spec.suspend: the operator changes nothing; readiness still follows the Deployment.
+SUSPENDED: Final = "Suspended"
+SUSPENDED_MESSAGE: Final = (
+    "spec.suspend is true: the operator changes none of the receiver's objects until it is unset."
+)
 # Deployment messages are people's reading, but an admission webhook's can be long.
 _MAX_MESSAGE: Final = 512
 
@@ -38,6 +46,10 @@ class Problem:
     reason: str
     message: str
     permanent: bool = False  # retrying cannot help until the spec changes
+    # The spec is applied except where the message says: readiness still follows
+    # the Deployment (a DriftConflict).
+    applied: bool = False
+    retry_after: float | None = None  # seconds the API server asked us to wait
 
 
 @dataclass(frozen=True)
@@ -110,7 +122,14 @@ def carried_problem(status: Mapping[str, Any]) -> Problem | None:
         return None
     if degraded.get("reason") == ROLLOUT_FAILED:
         return None  # the Deployment's to report again, or not once it recovers
-    return Problem(str(degraded.get("reason", "")), str(degraded.get("message", "")))
+    reason = str(degraded.get("reason", ""))
+    return Problem(reason, str(degraded.get("message", "")), applied=reason == DRIFT_CONFLICT)
+
+
+def suspended(status: Mapping[str, Any]) -> bool:
+    """Whether a status says the resource is suspended."""
+    progressing = condition(status, PROGRESSING)
+    return progressing is not None and progressing.get("reason") == SUSPENDED
 
 
 def _condition(
@@ -152,6 +171,7 @@ def build_status(
     rollout: Rollout | None,
     problem: Problem | None,
     now: datetime.datetime,
+    suspend: bool = False,
 ) -> dict[str, Any]:
     """The whole status for one observed generation.
 
@@ -159,7 +179,20 @@ def build_status(
     before it), replica counts are carried over from ``previous``.
     """
     conditions = []
-    if problem is not None:
+    if suspend:
+        if rollout is not None:
+            value, _, counts = _readiness(rollout)
+        else:
+            before = condition(previous, READY) or {}
+            value, counts = before.get("status") == "True", ""
+        ready = (value, SUSPENDED, f"{SUSPENDED_MESSAGE} {counts}".strip())
+        progressing = (False, SUSPENDED, SUSPENDED_MESSAGE)
+        degraded = (False, SUSPENDED, SUSPENDED_MESSAGE)
+    elif problem is not None and problem.applied:
+        ready = _readiness(rollout) if rollout else (False, problem.reason, problem.message)
+        progressing = (False, problem.reason, problem.message)
+        degraded = (True, problem.reason, problem.message)
+    elif problem is not None:
         ready = (False, problem.reason, problem.message)
         progressing = (False, "Blocked", f"Not applied: {problem.message}")
         degraded = (True, problem.reason, problem.message)
@@ -235,6 +268,7 @@ def refresh_status(
         rollout=rollout,
         problem=carried_problem(previous),
         now=now,
+        suspend=suspended(previous),
     )
 
 

@@ -59,6 +59,7 @@ ENV_PREFIX: Final = "MAILTRAP_RECEIVER_"
 OPERATOR_ONLY_KEYS: Final[frozenset[str]] = frozenset(
     {
         "replicas",
+        "replicasManagedExternally",
         "image",
         "imagePullPolicy",
         "resources",
@@ -72,6 +73,7 @@ OPERATOR_ONLY_KEYS: Final[frozenset[str]] = frozenset(
         "podDisruptionBudget",
         "networkPolicy",
         "serviceMonitor",
+        "suspend",
     }
 )
 

@@ -15,6 +15,11 @@ ServiceAccount, so the operator can run with exactly the chart's RBAC, and
 With ``kwok=False`` it has no node at all: tests/helpers/node.py joins a real
 kubelet to it, which the API server calls (for logs and exec) with the admin
 certificate. `Daemons` starts and stops the long-running children of both.
+
+For fault injection (tests/faults), `ApiServerFaults` SIGKILLs kube-apiserver and
+starts it again on the same port (optionally with other flags, such as
+``--max-requests-inflight=5``), and runs a second API server on the same etcd that
+serves requests while the first is down, as in a highly available control plane.
 """
 
 from __future__ import annotations
@@ -574,6 +579,100 @@ class LocalCluster:
 
     def _default_sa_exists(self) -> bool:
         return self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0
+
+
+# --- fault injection -----------------------------------------------------------------
+
+
+def _with_flags(args: Sequence[str], extra: Sequence[str]) -> list[str]:
+    """``args`` with each ``--flag=value`` of ``extra`` replacing a flag of that name."""
+    names = {flag.split("=", 1)[0] for flag in extra}
+    return [arg for arg in args if arg.split("=", 1)[0] not in names] + list(extra)
+
+
+@dataclass
+class ApiServerFaults:
+    """The kube-apiserver of a running `LocalCluster`, to kill and start again.
+
+    Made once per cluster, while its API server runs: it keeps the flags that
+    server was started with, so every restart starts from them.
+    """
+
+    cluster: LocalCluster
+    flags: list[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.flags = [str(arg) for arg in list(self._proc().popen.args)[1:]]  # type: ignore[arg-type]
+
+    @property
+    def _procs(self) -> list[_Proc]:
+        assert self.cluster._daemons is not None, "the cluster is not running"
+        return self.cluster._daemons._procs
+
+    def _index(self) -> int:
+        return next(i for i, p in enumerate(self._procs) if p.name == "kube-apiserver")
+
+    def _proc(self) -> _Proc:
+        return self._procs[self._index()]
+
+    def kill(self) -> None:
+        """SIGKILL kube-apiserver, as a crash or the loss of its node would, and wait
+        until it is gone. Everything else (etcd, controllers, kwok) keeps running."""
+        proc = self._proc()
+        if proc.popen.poll() is None:
+            proc.popen.kill()
+        proc.popen.wait(timeout=30)
+
+    def start(self, *, extra_args: Sequence[str] = (), timeout: float = 90.0) -> None:
+        """Start kube-apiserver again (after `kill`) on the same port, with the same
+        certificates and etcd, and its first flags plus ``extra_args`` (replacing
+        flags of the same name); return once it is ready."""
+        cluster, procs = self.cluster, self._procs
+        index = self._index()
+        old = procs[index]
+        if old.popen.poll() is None:
+            raise ClusterError("kube-apiserver is still running: kill it first")
+        old.log.close()
+        del procs[index]
+        cluster._spawn("kube-apiserver", _with_flags(self.flags, extra_args))
+        procs.insert(index, procs.pop())  # stopped in the same order
+        context = cluster._admin_ssl_context()
+        cluster._wait(
+            "kube-apiserver",
+            lambda: _http_ok(f"{cluster.server}/readyz", context=context),
+            time.monotonic() + timeout,
+        )
+
+    def restart(self, *, extra_args: Sequence[str] = (), down: float = 0.0) -> None:
+        """`kill`, stay down ``down`` seconds, then `start`."""
+        self.kill()
+        time.sleep(down)
+        self.start(extra_args=extra_args)
+
+    @contextlib.contextmanager
+    def peer(self, *, timeout: float = 90.0) -> Iterator[str]:
+        """A second kube-apiserver on the same etcd, on a port of its own (not
+        audited), for the length of a ``with`` block, as highly available control
+        planes have: its URL, for ``kubectl --server``."""
+        cluster = self.cluster
+        port = free_port()
+        flags = _with_flags(self.flags, [f"--secure-port={port}"])
+        peer = Daemons(cluster.workdir)
+        server = f"https://127.0.0.1:{port}"
+        try:
+            peer.spawn(
+                "kube-apiserver-peer",
+                [cluster.binary("kube-apiserver"), *(f for f in flags if "--audit-" not in f)],
+            )
+            context = cluster._admin_ssl_context()
+            peer.wait(
+                "kube-apiserver-peer",
+                lambda: _http_ok(f"{server}/readyz", context=context),
+                time.monotonic() + timeout,
+            )
+            yield server
+        finally:
+            peer.stop()
 
 
 def _kwok_node(name: str) -> dict[str, Any]:

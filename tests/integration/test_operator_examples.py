@@ -121,8 +121,8 @@ def test_kubectl_get_shows_ready_replicas_url_and_age(
         f"http://transactional-receiver.{namespace}.svc:80/webhooks/mailtrap",
     ]
     wide = cluster.kubectl("-n", namespace, "get", "mtwh", "-o", "wide").stdout.splitlines()
-    assert wide[0].split()[-3:] == ["EXTERNAL", "URL", "REASON"]
-    assert wide[1].split()[-1] == "ReceiverReady"
+    assert wide[0].split()[-4:] == ["EXTERNAL", "URL", "REASON", "SUSPENDED"]
+    assert wide[1].split()[-2:] == ["ReceiverReady", "false"]
 
 
 def test_operator_serves_health_and_metrics(

@@ -111,6 +111,8 @@ FULL: dict[str, Any] = {
     },
     "logging": {"format": "console", "level": "debug", "redactEmails": True},
     "replicas": 3,
+    "replicasManagedExternally": False,
+    "suspend": False,
     "image": "registry.example/mailtrap:1.2.3",
     "imagePullPolicy": "IfNotPresent",
     "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "1Gi"}},
@@ -665,3 +667,25 @@ def test_examples_make_configs_the_receiver_loads(path: Path, tmp_path: Path) ->
     (tmp_path / "config.yaml").write_text(text)
     load_config(tmp_path / "config.yaml", environ={})
     builders.validate(owner)
+
+
+def test_replicas_left_to_an_autoscaler_are_set_only_at_creation() -> None:
+    spec = {**MINIMAL, "replicas": 3, "replicasManagedExternally": True}
+    deployment = by_kind(children_of(spec))["Deployment"]
+    assert "replicas" not in deployment["spec"]
+    created = builders.creation_manifest(owner_of(spec), deployment)
+    assert created["spec"]["replicas"] == 3
+    assert "replicas" not in deployment["spec"]  # not changed in place
+    # Everything else, and every other kind, is created as it is applied.
+    assert {**created["spec"], "replicas": None} == {**deployment["spec"], "replicas": None}
+    config_map = by_kind(children_of(spec))["ConfigMap"]
+    assert builders.creation_manifest(owner_of(spec), config_map) == config_map
+    managed = by_kind(children_of({**MINIMAL, "replicas": 3}))["Deployment"]
+    assert builders.creation_manifest(owner_of(MINIMAL), managed) == managed
+
+
+def test_each_kind_carries_its_component_label() -> None:
+    for manifest in children_of(FULL).manifests:
+        kind = next(kind for kind in builders.COMPONENTS if kind.kind == manifest["kind"])
+        labels = manifest["metadata"]["labels"]
+        assert labels["app.kubernetes.io/component"] == builders.COMPONENTS[kind]

@@ -22,11 +22,13 @@ from typing import Any
 import pytest
 
 from mailtrap_operator.builders import secret_refs
+from mailtrap_operator.contest import DRIFT_CONFLICT_ROUNDS, Contests
 from mailtrap_operator.kubeapi import ApiError
 from mailtrap_operator.metrics import OperatorMetrics
 from mailtrap_operator.reconciler import (
     MAX_RETRY_DELAY,
     SECRET_RETRY_DELAY,
+    TRANSIENT_GRACE,
     ChildRef,
     Reconciler,
     api_problem,
@@ -35,7 +37,7 @@ from mailtrap_operator.reconciler import (
 )
 from mailtrap_operator.resources import FIELD_MANAGER, Owner, OwnerKey, SecretInfo
 from mailtrap_operator.settings import Settings
-from mailtrap_operator.status import Problem
+from mailtrap_operator.status import SUSPENDED_MESSAGE, Problem
 from tests.helpers.fakeapi import FakeApi, secret_body
 from tests.helpers.waiting import eventually
 
@@ -67,7 +69,9 @@ def new_api() -> FakeApi:
 
 
 def new_reconciler(
-    api: FakeApi, backoff: Callable[[int, Problem | None], float] = lambda attempt, _: 0.02
+    api: FakeApi,
+    backoff: Callable[[int, Problem | None], float] = lambda attempt, _: 0.02,
+    **kwargs: Any,
 ) -> Reconciler:
     return Reconciler(
         settings=Settings(),
@@ -75,6 +79,7 @@ def new_reconciler(
         metrics=OperatorMetrics(),
         clock=_clock,
         backoff=backoff,
+        **kwargs,
     )
 
 
@@ -122,7 +127,7 @@ async def test_a_child_deleted_while_the_api_is_down_comes_back_once_it_answers(
     setup: tuple[FakeApi, Reconciler],
 ) -> None:
     api, reconciler = setup
-    deployment = api.objects.pop(("Deployment", CHILD))
+    deployment = api.remove("Deployment", CHILD)
     writes = len(api.writes)
     api.down = True
     reconciler.observe_child(
@@ -149,7 +154,7 @@ async def test_no_retry_for_what_only_a_spec_change_can_fix(api: FakeApi) -> Non
     reconciler = new_reconciler(api, backoff)
     try:
         assert await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create") is None
-        deployment = api.objects[("Deployment", CHILD)]
+        deployment = api.remove("Deployment", CHILD)
         invalid = Owner(**{**OWNER.__dict__, "spec": {**OWNER.spec, "shutdownGracePeriod": "x"}})
         reconciler.observe_child(
             kind="Deployment",
@@ -413,3 +418,233 @@ def test_secret_problems_are_retried_soon_and_others_back_off_further() -> None:
     assert max(retry_delay(n, secret) for n in range(50)) == SECRET_RETRY_DELAY
     assert max(retry_delay(n, other) for n in range(50)) == MAX_RETRY_DELAY
     assert retry_delay(3, other) == 40.0
+
+
+# --- drift: the drifted child alone, backoff, giving up ----------------------------------
+
+
+def edited(api: FakeApi, reconciler: Reconciler, kind: str = "ConfigMap") -> None:
+    """Another writer changes what we set on a child, and its watch event arrives."""
+    body = api.edit(kind, CHILD)
+    reconciler.observe_child(
+        kind=kind, event_type="MODIFIED", body=body, find_owner=_find_owner, known_children=_known
+    )
+
+
+def condition_of(api: FakeApi, kind: str) -> dict[str, Any]:
+    return next(c for c in api.status["conditions"] if c["type"] == kind)
+
+
+async def test_a_drifted_child_alone_is_put_back_without_a_status_write(
+    setup: tuple[FakeApi, Reconciler],
+) -> None:
+    api, reconciler = setup
+    api.writes.clear()
+    written = api.status_writes
+    edited(api, reconciler)
+    await eventually(lambda: api.writes == [("apply", "ConfigMap", CHILD)], within=3)
+    await eventually(lambda: ("Restored", RESTORED) in api.events, within=3)
+    await asyncio.sleep(0.1)
+    assert api.writes == [("apply", "ConfigMap", CHILD)]
+    assert api.status_writes == written  # nothing in the status changed
+
+
+RESTORED = (
+    f"ConfigMap {CHILD} was changed outside the operator (fields the operator sets were "
+    "changed by kubectl-edit); put it back."
+)
+
+
+async def test_a_writer_that_keeps_undoing_repairs_is_given_up_on_and_named(
+    api: FakeApi,
+) -> None:
+    contests = Contests(first_backoff=0.02, quiet=30.0)
+    reconciler = new_reconciler(api, contests=contests)
+    try:
+        assert await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create") is None
+        api.writes.clear()
+        for _ in range(100):  # the other writer, every 10 ms for a second
+            edited(api, reconciler)
+            await asyncio.sleep(0.01)
+        await eventually(lambda: condition_of(api, "Degraded")["status"] == "True", within=3)
+        degraded = condition_of(api, "Degraded")
+        assert degraded["reason"] == "DriftConflict"
+        assert '"kubectl-edit"' in degraded["message"]
+        assert f"ConfigMap {CHILD}" in degraded["message"]
+        # Readiness still follows the Deployment: the receiver runs.
+        assert condition_of(api, "Ready")["reason"] != "DriftConflict"
+        repairs = [write for write in api.writes if write == ("apply", "ConfigMap", CHILD)]
+        assert len(repairs) == DRIFT_CONFLICT_ROUNDS
+        assert api.writes == repairs  # no other child was written
+        # One Restored Event, counted, and one DriftConflict Warning.
+        await eventually(lambda: ("Restored", RESTORED) in api.events, within=3)
+        assert [reason for reason, _ in api.events if reason != "Applied"] == [
+            "Restored",
+            "DriftConflict",
+        ]
+        await eventually(lambda: DRIFT_CONFLICT_ROUNDS in api.event_counts.values(), within=3)
+        assert reconciler.metrics.drift_conflicts._value.get() == 1
+    finally:
+        await reconciler.close()
+
+
+async def test_once_the_other_writer_stops_the_child_is_put_back_and_the_conflict_clears(
+    api: FakeApi,
+) -> None:
+    contests = Contests(first_backoff=0.01, quiet=0.3)
+    reconciler = new_reconciler(api, contests=contests)
+    try:
+        assert await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create") is None
+        for _ in range(30):
+            edited(api, reconciler)
+            await asyncio.sleep(0.01)
+        await eventually(lambda: condition_of(api, "Degraded")["reason"] == "DriftConflict")
+        api.writes.clear()
+        await eventually(lambda: condition_of(api, "Degraded")["status"] == "False", within=3)
+        assert api.writes == [("apply", "ConfigMap", CHILD)]
+    finally:
+        await reconciler.close()
+
+
+# --- transient API failures, status writes -------------------------------------------------
+
+
+async def test_the_api_failing_briefly_is_not_reported_and_lasting_is(api: FakeApi) -> None:
+    now = [0.0]
+    reconciler = new_reconciler(api, monotonic=lambda: now[0])
+    try:
+        api.down = True
+        problem = await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create")
+        assert problem is not None
+        assert problem.reason == "ApiUnavailable"
+        now[0] = TRANSIENT_GRACE - 1
+        await reconciler.reconcile(owner=OWNER, known_children=(), trigger="retry")
+        assert api.status == {}
+        api.down = False
+        await asyncio.sleep(0.05)
+        assert api.events == []  # nothing said about a failure that did not last
+        api.down = True
+        now[0] = TRANSIENT_GRACE + 1
+        await reconciler.reconcile(owner=OWNER, known_children=(), trigger="retry")
+        api.down = False
+        await eventually(lambda: bool(api.status), within=5)
+        assert condition_of(api, "Degraded")["reason"] == "ApiUnavailable"
+        # Answering again: the next reconcile clears it, and the clock starts afresh.
+        assert await reconciler.reconcile(owner=OWNER, known_children=(), trigger="retry") is None
+        assert condition_of(api, "Degraded")["status"] == "False"
+    finally:
+        await reconciler.close()
+
+
+async def test_a_status_write_refused_is_retried_until_it_lands(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    api.throttled = True
+    assert await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create") is None
+    assert api.status == {}
+    await asyncio.sleep(0.3)
+    api.throttled = False
+    await eventually(lambda: api.status.get("observedGeneration") == 1, within=10)
+    assert condition_of(api, "Progressing")["status"] == "True"
+
+
+# --- suspend ---------------------------------------------------------------------------------
+
+
+async def test_a_suspended_resource_changes_nothing_but_says_so(
+    setup: tuple[FakeApi, Reconciler],
+) -> None:
+    api, reconciler = setup
+    api.writes.clear()
+    suspended = Owner(
+        **{**OWNER.__dict__, "generation": 2, "spec": {**OWNER.spec, "suspend": True}}
+    )
+    assert await reconciler.reconcile(owner=suspended, known_children=(), trigger="update") is None
+    assert api.writes == []
+    assert condition_of(api, "Progressing")["reason"] == "Suspended"
+    assert condition_of(api, "Ready")["reason"] == "Suspended"
+    body = api.edit("ConfigMap", CHILD)
+    reconciler.observe_child(
+        kind="ConfigMap",
+        event_type="MODIFIED",
+        body=body,
+        find_owner=lambda key: suspended,
+        known_children=_known,
+    )
+    await asyncio.sleep(0.2)
+    assert api.writes == []
+    await eventually(lambda: ("Suspended", SUSPENDED_MESSAGE) in api.events, within=3)
+    resumed = Owner(**{**OWNER.__dict__, "generation": 3})
+    assert await reconciler.reconcile(owner=resumed, known_children=(), trigger="update") is None
+    assert ("apply", "ConfigMap", CHILD) in api.writes
+    assert condition_of(api, "Progressing")["reason"] != "Suspended"
+
+
+# --- adoption, and replicas left to an autoscaler ----------------------------------------------
+
+
+def identity(component: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/managed-by": FIELD_MANAGER,
+        "app.kubernetes.io/instance": NAME,
+        "app.kubernetes.io/component": component,
+    }
+
+
+async def test_an_orphan_carrying_this_resources_identity_is_adopted(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    orphan = api.put("Deployment", CHILD, labels=identity("receiver"))
+    assert await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create") is None
+    assert ("apply", "Deployment", CHILD) in api.writes
+    adopted = api.objects[("Deployment", CHILD)]
+    assert adopted["metadata"]["uid"] == orphan["metadata"]["uid"]
+    assert adopted["metadata"]["ownerReferences"][0]["uid"] == OWNER.uid
+
+
+async def test_an_orphan_with_another_component_is_not_adopted(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    api.put("Deployment", CHILD, labels=identity("config"))
+    problem = await reconciler.reconcile(owner=OWNER, known_children=(), trigger="create")
+    assert problem is not None
+    assert problem.reason == "ChildConflict"
+    assert api.writes == []
+
+
+EXTERNAL = Owner(
+    **{**OWNER.__dict__, "spec": {**OWNER.spec, "replicas": 3, "replicasManagedExternally": True}}
+)
+
+
+async def test_replicas_left_to_an_autoscaler_are_set_once_and_never_again(
+    api: FakeApi, reconciler: Reconciler
+) -> None:
+    assert await reconciler.reconcile(owner=EXTERNAL, known_children=(), trigger="create") is None
+    deployment = api.objects[("Deployment", CHILD)]
+    assert deployment["spec"]["replicas"] == 3  # the initial count
+    entries = deployment["metadata"]["managedFields"]
+    assert [(e["operation"], "f:spec" in e["fieldsV1"]) for e in entries] == [
+        ("Update", True),
+        ("Apply", False),
+    ]
+    deployment["spec"]["replicas"] = 7  # the autoscaler
+    restarted = new_reconciler(api)
+    try:
+        assert (
+            await restarted.reconcile(owner=EXTERNAL, known_children=(), trigger="resume") is None
+        )
+    finally:
+        await restarted.close()
+    assert api.objects[("Deployment", CHILD)]["spec"]["replicas"] == 7
+
+
+async def test_handing_replicas_on_keeps_the_count_the_deployment_has(
+    setup: tuple[FakeApi, Reconciler],
+) -> None:
+    api, reconciler = setup
+    api.objects[("Deployment", CHILD)]["spec"]["replicas"] = 5  # an autoscaler, at once
+    handed = Owner(**{**EXTERNAL.__dict__, "generation": 2})
+    assert await reconciler.reconcile(owner=handed, known_children=(), trigger="update") is None
+    # Without moving replicas out of our apply first, the apply would reset them to 1.
+    assert api.objects[("Deployment", CHILD)]["spec"]["replicas"] == 5

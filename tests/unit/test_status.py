@@ -228,3 +228,46 @@ def test_a_reconcile_problem_outranks_a_rollout_failure() -> None:
 def test_long_deployment_messages_are_cut() -> None:
     long = {**QUOTA, "message": "x" * 5000}
     assert len(Rollout.from_deployment(_deployment(long)).failure) <= 512
+
+
+def test_suspended_says_so_and_readiness_still_follows_the_deployment() -> None:
+    ready = build(rollout=rollout())
+    result = status.build_status(
+        previous=ready,
+        generation=2,
+        url=URL,
+        external_url=None,
+        config_hash=None,
+        rollout=None,
+        problem=None,
+        now=T1,
+        suspend=True,
+    )
+    assert conditions(result) == {
+        "Ready": ("True", "Suspended"),
+        "Progressing": ("False", "Suspended"),
+        "Degraded": ("False", "Suspended"),
+    }
+    assert status.suspended(result)
+    assert not status.suspended(ready)
+    assert result["configHash"] == "abc123"
+    # The Deployment's changes still show, and it stays suspended.
+    refreshed = status.refresh_status(previous=result, rollout=rollout(ready=1), now=T1)
+    assert conditions(refreshed)["Ready"] == ("False", "Suspended")
+    assert "1/2 receiver Pods are Ready." in refreshed["conditions"][0]["message"]
+
+
+def test_a_drift_conflict_is_degraded_while_the_receiver_stays_ready() -> None:
+    conflict = Problem("DriftConflict", 'changed by "hpa"', permanent=True, applied=True)
+    result = build(rollout=rollout(), problem=conflict)
+    assert conditions(result) == {
+        "Ready": ("True", "ReceiverReady"),
+        "Progressing": ("False", "DriftConflict"),
+        "Degraded": ("True", "DriftConflict"),
+    }
+    carried = status.carried_problem(result)
+    assert carried is not None
+    assert carried.applied
+    refreshed = status.refresh_status(previous=result, rollout=rollout(ready=1), now=T1)
+    assert conditions(refreshed)["Degraded"] == ("True", "DriftConflict")
+    assert conditions(refreshed)["Ready"] == ("False", "PodsNotReady")
